@@ -1,0 +1,1 @@
+"""Frontend: Qwen3 model directories in, traced op graphs out."""

@@ -1,0 +1,31 @@
+"""A dependency-free progress line for long steps (weight writing/upload, kernel builds)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, label: str, total: int, stream=None) -> None:
+        self.label, self.total, self.n = label, max(total, 1), 0
+        self.stream = stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+        self._tty = getattr(self.stream, "isatty", lambda: False)()
+
+    def step(self, k: int = 1) -> None:
+        self.n += k
+        now = time.perf_counter()
+        if self._tty and (now - self._last > 0.1 or self.n >= self.total):
+            self._last = now
+            width = 30
+            fill = int(width * self.n / self.total)
+            self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.n}/{self.total}")
+            self.stream.flush()
+
+    def done(self) -> None:
+        dt = time.perf_counter() - self.t0
+        end = "\r" if self._tty else ""
+        self.stream.write(f"{end}{self.label}: {self.n}/{self.total} done in {dt:.1f}s\n")
+        self.stream.flush()

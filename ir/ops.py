@@ -1,0 +1,140 @@
+"""The closed set of op kinds, with the shape/dtype rule of each.
+
+One table serves the tracer (which infers output types while recording) and the verifier (which
+re-infers them and compares), so the two can never disagree about what an op means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ir.shapes import Shape, fmt, same_numel
+
+
+class OpError(ValueError):
+    """An op applied to operands of the wrong shape or dtype."""
+
+
+Infer = Callable[[list[tuple[Shape, str]], dict[str, Any]], tuple[Shape, str]]
+F32 = "float32"
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise OpError(msg)
+
+
+def _leaf(ins, attrs):  # input / weight: the node's declared type is the truth
+    raise AssertionError("leaf ops carry their own type")
+
+
+def _embedding(ins, attrs):
+    (ids, idt), (table, _) = ins
+    _need(len(ids) == 1 and idt == "int32", f"embedding ids must be int32 [seq], got {idt}{fmt(ids)}")
+    _need(len(table) == 2, f"embedding table must be 2-D, got {fmt(table)}")
+    return (ids[0], table[1]), F32
+
+
+def _rms_norm(ins, attrs):
+    (x, xd), (w, _) = ins
+    _need(len(w) == 1 and w[0] == x[-1], f"rms_norm weight {fmt(w)} does not match last dim of {fmt(x)}")
+    return x, xd
+
+
+def _matmul(ins, attrs):
+    (a, ad), (b, _) = ins
+    tb = attrs.get("transpose_b", False)
+    if len(a) == 2 and len(b) == 2:
+        k_b, n = (b[1], b[0]) if tb else (b[0], b[1])
+        _need(a[1] == k_b, f"matmul K mismatch: {fmt(a)} x {fmt(b)} (transpose_b={tb})")
+        return (a[0], n), F32
+    _need(len(a) == 4 and len(b) == 4, f"matmul needs 2-D or 4-D operands, got {fmt(a)} x {fmt(b)}")
+    group = attrs.get("gqa_group", 1)
+    _need(a[0] == b[0] and a[1] == b[1] * group,
+          f"batched matmul heads mismatch: {fmt(a)} x {fmt(b)} with gqa_group={group}")
+    k_b, n = (b[3], b[2]) if tb else (b[2], b[3])
+    _need(a[3] == k_b, f"batched matmul K mismatch: {fmt(a)} x {fmt(b)} (transpose_b={tb})")
+    return (a[0], a[1], a[2], n), F32
+
+
+def _same(ins, attrs):
+    (a, ad), *rest = ins
+    for s, _ in rest:
+        _need(s == a, f"elementwise shapes differ: {fmt(a)} vs {fmt(s)}")
+    return a, ad
+
+
+def _rope(ins, attrs):
+    (x, xd), = ins
+    _need(len(x) == 3 and isinstance(x[2], int) and x[2] % 2 == 0,
+          f"rope input must be [seq, heads, even head_dim], got {fmt(x)}")
+    return x, xd
+
+
+def _reshape(ins, attrs):
+    (x, xd), = ins
+    shape = tuple(attrs["shape"])
+    _need(same_numel(x, shape), f"reshape {fmt(x)} -> {fmt(shape)} changes the element count")
+    return shape, xd
+
+
+def _transpose(ins, attrs):
+    (x, xd), = ins
+    perm = attrs["perm"]
+    _need(sorted(perm) == list(range(len(x))), f"transpose perm {perm} invalid for {fmt(x)}")
+    return tuple(x[p] for p in perm), xd
+
+
+def _kv_cache_write(ins, attrs):
+    (cache, cd), (new, _) = ins
+    _need(len(cache) == 3 and len(new) == 3 and cache[0] == new[1] and cache[2] == new[2],
+          f"kv_cache_write: cache {fmt(cache)} vs new {fmt(new)} (expected [kv,ctx,d] and [seq,kv,d])")
+    return cache, cd
+
+
+def _kv_cache_read(ins, attrs):
+    (cache, cd), = ins
+    return (1, cache[0], "total", cache[2]), cd
+
+
+def _take_last(ins, attrs):
+    (x, xd), = ins
+    _need(len(x) == 2, f"take_last needs [seq, d], got {fmt(x)}")
+    return (1, x[1]), xd
+
+
+def _output(ins, attrs):
+    (x, xd), = ins
+    return x, xd
+
+
+OPS: dict[str, Infer] = {
+    "input": _leaf,
+    "weight": _leaf,
+    "embedding": _embedding,
+    "rms_norm": _rms_norm,
+    "matmul": _matmul,
+    "rope": _rope,
+    "add": _same,
+    "mul": _same,
+    "silu": _same,
+    "silu_mul": _same,
+    "softmax": _same,
+    "reshape": _reshape,
+    "transpose": _transpose,
+    "kv_cache_write": _kv_cache_write,
+    "kv_cache_read": _kv_cache_read,
+    "take_last": _take_last,
+    "output": _output,
+}
+
+LEAF_OPS = frozenset({"input", "weight"})
+# Ops that reinterpret or alias their operand's buffer instead of computing a new one.
+VIEW_OPS = frozenset({"reshape", "kv_cache_read", "output"})
+
+
+def infer(op: str, ins: list[tuple[Shape, str]], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    if op not in OPS:
+        raise OpError(f"unknown op kind {op!r} (known: {', '.join(sorted(OPS))})")
+    return OPS[op](ins, attrs)

@@ -1,0 +1,104 @@
+"""Numpy reference executor: runs any graph on the CPU in float32.
+
+It is the ground truth the GPU kernels are tested against, and is itself tested against HF
+transformers. It favours clarity over speed: every op is the textbook formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ir.graph import Graph, Node
+
+
+def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of shape [len(positions), head_dim] for rotate-half RoPE (HF's layout)."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    freqs = positions.astype(np.float32)[:, None] * inv_freq[None, :]
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def _matmul(n: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if n.attrs.get("transpose_b"):
+        b = np.swapaxes(b, -1, -2)
+    group = n.attrs.get("gqa_group", 1)
+    if b.ndim == 4 and group > 1:
+        b = np.repeat(b, group, axis=1)
+    return np.matmul(a, b).astype(np.float32)
+
+
+def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
+    op, at = n.op, n.attrs
+    seq, total = dims["seq"], dims["total"]
+    past = total - seq
+    if op == "embedding":
+        return args[1][args[0]].astype(np.float32)
+    if op == "rms_norm":
+        x = args[0]
+        var = np.mean(x * x, axis=-1, keepdims=True)
+        return (x / np.sqrt(var + at["eps"]) * args[1]).astype(np.float32)
+    if op == "matmul":
+        return _matmul(n, args[0], args[1])
+    if op == "rope":
+        x = args[0]
+        cos, sin = rope_tables(np.arange(past, past + x.shape[0]), x.shape[2], at["theta"])
+        half = x.shape[2] // 2
+        rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+        return (x * cos[:, None, :] + rot * sin[:, None, :]).astype(np.float32)
+    if op == "add":
+        return args[0] + args[1]
+    if op == "mul":
+        return args[0] * args[1]
+    if op == "silu":
+        return _silu(args[0])
+    if op == "silu_mul":
+        return _silu(args[0]) * args[1]
+    if op == "softmax":
+        s = args[0] * np.float32(at["scale"])
+        if at.get("causal"):
+            q = np.arange(s.shape[-2])[:, None] + past
+            k = np.arange(s.shape[-1])[None, :]
+            s = np.where(k > q, -np.inf, s)
+        s = s - s.max(axis=-1, keepdims=True)
+        e = np.exp(s)
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    if op == "reshape":
+        return args[0].reshape([d if isinstance(d, int) else dims[d] for d in at["shape"]])
+    if op == "transpose":
+        return np.ascontiguousarray(np.transpose(args[0], at["perm"]))
+    if op == "kv_cache_write":
+        cache = args[0].copy()
+        cache[:, past:total, :] = np.transpose(args[1], (1, 0, 2))
+        return cache
+    if op == "kv_cache_read":
+        return args[0][None, :, :total, :]
+    if op == "take_last":
+        return args[0][-1:]
+    if op == "output":
+        return args[0]
+    raise NotImplementedError(f"reference executor has no rule for op {op!r} (node {n.name})")
+
+
+def run(g: Graph, inputs: dict[str, np.ndarray], weights: Callable[[str], np.ndarray],
+        dims: dict[str, int]) -> dict[str, np.ndarray]:
+    """Execute ``g``. ``inputs`` maps input node names to arrays, ``weights`` loads a param as
+    float32, ``dims`` gives ``seq`` and ``total``. Returns output name -> array."""
+    env: dict[str, np.ndarray] = {}
+    outs: dict[str, np.ndarray] = {}
+    for n in g.nodes():
+        if n.op == "input":
+            env[n.name] = inputs[n.name]
+        elif n.op == "weight":
+            env[n.name] = weights(n.attrs["param"])
+        else:
+            env[n.name] = _eval(n, [env[i] for i in n.inputs], dims)
+            if n.op == "output":
+                outs[n.attrs["name"]] = env[n.name]
+    return outs

@@ -43,11 +43,12 @@ def _rms_norm(ins, attrs):
 
 
 def _matmul(ins, attrs):
-    (a, ad), (b, _) = ins
+    (a, ad), (b, _), *res = ins  # optional third operand: a residual added in the epilogue
     tb = attrs.get("transpose_b", False)
     if len(a) == 2 and len(b) == 2:
         k_b, n = (b[1], b[0]) if tb else (b[0], b[1])
         _need(a[1] == k_b, f"matmul K mismatch: {fmt(a)} x {fmt(b)} (transpose_b={tb})")
+        _need(all(r == (a[0], n) for r, _ in res), f"matmul residual shape {[fmt(r) for r, _ in res]} != output")
         return (a[0], n), F32
     _need(len(a) == 4 and len(b) == 4, f"matmul needs 2-D or 4-D operands, got {fmt(a)} x {fmt(b)}")
     group = attrs.get("gqa_group", 1)
@@ -84,6 +85,15 @@ def _transpose(ins, attrs):
     perm = attrs["perm"]
     _need(sorted(perm) == list(range(len(x))), f"transpose perm {perm} invalid for {fmt(x)}")
     return tuple(x[p] for p in perm), xd
+
+
+def _concat(ins, attrs):
+    (first, fd), *rest = ins
+    width = first[-1]
+    for s, _ in rest:
+        _need(s[:-1] == first[:-1], f"concat leading dims differ: {fmt(first)} vs {fmt(s)}")
+        width += s[-1]
+    return (*first[:-1], width), fd
 
 
 def _kv_cache_write(ins, attrs):
@@ -123,6 +133,7 @@ OPS: dict[str, Infer] = {
     "softmax": _same,
     "reshape": _reshape,
     "transpose": _transpose,
+    "concat": _concat,
     "kv_cache_write": _kv_cache_write,
     "kv_cache_read": _kv_cache_read,
     "take_last": _take_last,

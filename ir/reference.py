@@ -25,13 +25,14 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def _matmul(n: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _matmul(n: Node, a: np.ndarray, b: np.ndarray, *res: np.ndarray) -> np.ndarray:
     if n.attrs.get("transpose_b"):
         b = np.swapaxes(b, -1, -2)
     group = n.attrs.get("gqa_group", 1)
     if b.ndim == 4 and group > 1:
         b = np.repeat(b, group, axis=1)
-    return np.matmul(a, b).astype(np.float32)
+    out = np.matmul(a, b).astype(np.float32)
+    return out + res[0] if res else out
 
 
 def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
@@ -39,13 +40,13 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
     seq, total = dims["seq"], dims["total"]
     past = total - seq
     if op == "embedding":
-        return args[1][args[0]].astype(np.float32)
+        return np.concatenate(args[1:], axis=0)[args[0]].astype(np.float32)
     if op == "rms_norm":
         x = args[0]
         var = np.mean(x * x, axis=-1, keepdims=True)
         return (x / np.sqrt(var + at["eps"]) * args[1]).astype(np.float32)
     if op == "matmul":
-        return _matmul(n, args[0], args[1])
+        return _matmul(n, *args)
     if op == "rope":
         x = args[0]
         cos, sin = rope_tables(np.arange(past, past + x.shape[0]), x.shape[2], at["theta"])
@@ -79,6 +80,8 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
         return cache
     if op == "kv_cache_read":
         return args[0][None, :, :total, :]
+    if op == "concat":
+        return np.concatenate(args, axis=-1)
     if op == "take_last":
         return args[0][-1:]
     if op == "output":
@@ -96,7 +99,8 @@ def run(g: Graph, inputs: dict[str, np.ndarray], weights: Callable[[str], np.nda
         if n.op == "input":
             env[n.name] = inputs[n.name]
         elif n.op == "weight":
-            env[n.name] = weights(n.attrs["param"])
+            w = weights(n.attrs["param"])
+            env[n.name] = w[slice(*n.attrs["rows"])] if "rows" in n.attrs else w
         else:
             env[n.name] = _eval(n, [env[i] for i in n.inputs], dims)
             if n.op == "output":

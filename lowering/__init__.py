@@ -1,0 +1,1 @@
+"""Lowering: op graph -> classified, fused, planned graph -> TVM-scheduled WGSL kernels."""

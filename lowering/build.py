@@ -1,0 +1,139 @@
+"""Build one kernel: TE/TIR -> dlight schedule -> TVM's WebGPU codegen (WGSL) + launch metadata.
+
+The launch metadata follows TVM's own web runtime ABI (``tvm/web/src/webgpu.ts``): buffer
+bindings 0..n-1, then a uniform ``PODArgs`` struct of the scalar params plus ``packGridDimX``.
+Grid and workgroup extents come from the scheduled TIR's thread bindings, as Python expressions
+of the runtime scalars (``seq``, ``total``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import tvm
+
+from lowering.kernels.spec import KernelSpec
+from lowering.schedule import apply_rule, rules_for
+
+SCHEDULE_VERSION = "1"
+SCALARS = ("seq", "total")
+_BIND_RE = re.compile(r"@binding\((\d+)\) var<storage, (read|read_write)> (\w+) : array<(\w+)>")
+_POD_RE = re.compile(r"struct PODArgs \{([^}]*)\}")
+_WG_RE = re.compile(r"@workgroup_size\((\d+), (\d+), (\d+)\)")
+_ENTRY_RE = re.compile(r"fn (\w+)\(\s*@builtin")
+
+
+@dataclass
+class Kernel:
+    name: str
+    key: str
+    kclass: str
+    rule: str
+    entry: str
+    wgsl: str
+    bindings: list[dict]  # per binding slot: {"arg": index into spec.args, "write": bool, "type": "f32"}
+    pod: list[str]  # scalar fields of PODArgs before packGridDimX
+    workgroup: list[int]
+    grid: list[str]  # blockIdx.x, blockIdx.y, blockIdx.z extents as expressions of seq/total
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("wgsl")
+        return d
+
+
+_BINDING_RE = re.compile(r'T\.thread_binding\((.+?), thread="(blockIdx\.[xyz]|threadIdx\.[xyz])"')
+_EXTENT_OK = re.compile(r"^[\w\s+\-*/%(),]*$")
+
+
+def _launch_extents(func) -> dict[str, str]:
+    """Extents of the thread-bound loops in the scheduled TIR, as Python expressions of seq/total
+    (TVMScript prints them in Python syntax, e.g. ``(seq + 31) // 32``)."""
+    extents: dict[str, str] = {}
+    for extent, tag in _BINDING_RE.findall(func.script()):
+        extent = re.sub(r"T\.(?:int64|int32)\(([^()]*)\)", r"\1", extent)
+        extent = extent.replace("T.min", "min").replace("T.max", "max")
+        if extent.startswith("0, "):
+            extent = extent[3:]
+        if not _EXTENT_OK.match(extent):
+            raise RuntimeError(f"launch extent {extent!r} of {tag} is not a supported expression")
+        extents.setdefault(tag, extent)
+    return extents
+
+
+def _parse(spec: KernelSpec, name: str, src: str, extents: dict[str, str], rule: str) -> Kernel:
+    start = src.find("enable f16;") if "enable f16;" in src else src.find("@group")
+    wgsl = src[start:] if start >= 0 else src
+    entries = _ENTRY_RE.findall(wgsl)
+    if len(entries) != 1:
+        raise RuntimeError(f"kernel {spec.key}: expected one WGSL entry point, got {entries}")
+    names = {f"{p}{suffix}": i for i, p in enumerate(spec.param_names) for suffix in ("", "_ptr")}
+    bindings = []
+    for slot, access, var, ty in _BIND_RE.findall(wgsl):
+        if var not in names:
+            raise RuntimeError(f"kernel {spec.key}: unknown WGSL binding {var}")
+        bindings.append({"slot": int(slot), "arg": names[var], "write": access == "read_write", "type": ty})
+    bindings.sort(key=lambda b: b["slot"])
+    pod_m = _POD_RE.search(wgsl)
+    pod = [f.split(":")[0].strip() for f in pod_m.group(1).split(",") if f.strip()] if pod_m else []
+    pod = [p for p in pod if p != "packGridDimX"]
+    for p in pod:
+        if p not in SCALARS:
+            raise RuntimeError(f"kernel {spec.key}: unexpected scalar param {p!r}")
+    wg = [int(x) for x in _WG_RE.search(wgsl).groups()]
+    grid = [extents.get(f"blockIdx.{a}", "1") for a in "xyz"]
+    if grid[2] != "1":
+        raise RuntimeError(f"kernel {spec.key}: blockIdx.z is reserved for grid folding")
+    return Kernel(name, spec.key, spec.kclass, rule, entries[0], wgsl, bindings, pod, wg, grid)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("QWEN3VK_CACHE", Path.home() / ".cache" / "qwen3-vk")) / "kernels"
+
+
+def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True) -> tuple[Kernel, bool]:
+    """Returns the kernel and whether it came from the on-disk cache."""
+    func = spec.build()
+    spec.param_names = [p.name for p in func.params if p.name not in SCALARS]
+    script = func.script()
+    digest = hashlib.sha256(f"{tvm.__version__}|{SCHEDULE_VERSION}|{spec.kclass}|{script}".encode()).hexdigest()
+    path = cache_dir() / f"{digest[:40]}.json"
+    if use_cache and path.is_file():
+        try:
+            d = json.loads(path.read_text())
+            d["name"] = name
+            return Kernel(**d), True
+        except (ValueError, TypeError):
+            pass  # a corrupt cache entry is rebuilt
+    target = tvm.target.Target("webgpu", host="llvm")
+    kernel = None
+    errors = []
+    for rule in rules_for(spec.kclass):  # the first rule that schedules *and* builds wins
+        try:
+            # a fresh module per attempt: a rule that fails half-way can leave its input modified
+            mod = tvm.IRModule({name: spec.build().with_attr("global_symbol", name)})
+            scheduled = apply_rule(mod, rule, target)
+            if scheduled is None:
+                continue
+            with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
+                ex = tvm.build(scheduled, target=target)
+            kernel = _parse(spec, name, ex.imports[0].inspect_source(), _launch_extents(scheduled[name]), rule)
+            break
+        except Exception as e:  # noqa: BLE001 - a rule that cannot handle this shape: try the next
+            errors.append(f"{rule}: {str(e).strip().splitlines()[0][:160]}")
+    if kernel is None:
+        raise RuntimeError(f"kernel {spec.key}: no schedule rule built it ({'; '.join(errors)})")
+    if use_cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(asdict(kernel)))
+            tmp.replace(path)
+        except OSError:
+            pass  # caching is an optimisation; an unwritable cache dir must not fail the build
+    return kernel, False

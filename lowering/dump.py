@@ -1,0 +1,107 @@
+"""``python -m lowering.dump COMPILED_DIR --phase decode --format text|json|dot``: the lowered graph.
+
+Per node: op, shape, kernel class with its reason, the kernel and its workgroup grid; a summary
+with counts per kernel class (original matmuls, also those fused or split) and dispatches per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from frontend.errors import UserError, cli_main
+from ir.dot import to_dot
+from ir.graph import Graph
+from ir.printer import format_node
+from ir.serialize import from_json
+from lowering.classify import KERNEL_CLASSES
+from runtime.compiled import load_compiled
+
+
+def _rows(g: Graph, plan: dict, kernels: dict) -> list[dict[str, Any]]:
+    by_node = {d["node"]: d for d in plan["dispatches"]}
+    rows = []
+    for n in g.nodes():
+        d = by_node.get(n.name)
+        k = kernels.get(d["kernel"]) if d else None
+        rows.append({
+            "name": n.name, "op": n.op, "shape": list(n.shape), "dtype": n.dtype,
+            "inputs": n.inputs,
+            "kernel_class": n.attrs.get("kernel_class") if n.op == "matmul" else None,
+            "reason": n.attrs.get("reason"),
+            "kernel": d["kernel"] if d else None,
+            "schedule": k["rule"] if k else None,
+            "grid": k["grid"] if k else None,
+            "workgroup": k["workgroup"] if k else None,
+            "covers": n.attrs.get("covers", [n.name]),
+            "split_of": n.attrs.get("split_of"),
+        })
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts per kernel class of the *original* matmuls: a split matmul counts once."""
+    counts = {c: 0 for c in KERNEL_CLASSES}
+    seen_split: set[str] = set()
+    for r in rows:
+        if r["kernel_class"]:
+            if r["split_of"]:
+                if r["split_of"] in seen_split:
+                    continue
+                seen_split.add(r["split_of"])
+            counts[r["kernel_class"]] += 1
+    dispatches = sum(1 for r in rows if r["kernel"])
+    layer_disp = sum(1 for r in rows if r["kernel"] and r["name"].startswith("layers.0."))
+    return {"matmuls_by_class": counts, "dispatches_per_step": dispatches, "dispatches_per_layer": layer_disp,
+            "nodes": len(rows)}
+
+
+def dump(compiled_dir: Path, phase: str, fmt: str) -> str:
+    mod = load_compiled(compiled_dir)
+    gpath = compiled_dir / "graphs" / f"{phase}.json"
+    try:
+        g = from_json(gpath.read_text())
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{gpath}: cannot read the lowered graph ({e})") from None
+    rows = _rows(g, mod.manifest["phases"][phase], mod.manifest["kernels"])
+    summ = summary(rows)
+    if fmt == "json":
+        return json.dumps({"phase": phase, "nodes": rows, "summary": summ}, indent=1)
+    if fmt == "dot":
+        info = {r["name"]: r for r in rows}
+        return to_dot(g, lambda n: " ".join(x for x in (info[n.name]["kernel_class"] or "",
+                                                          info[n.name]["kernel"] or "") if x))
+    lines = [f"# lowered {phase} graph of {mod.manifest['model_dir']}"]
+    for r in rows:
+        n = g[r["name"]]
+        extra = []
+        if r["kernel"]:
+            extra.append(f"kernel={r['kernel']} ({r['schedule']}) grid={r['grid']} wg={r['workgroup']}")
+        if r["kernel_class"]:
+            extra.append(f"{r['kernel_class'].upper()}: {r['reason']}")
+        if len(r["covers"]) > 1:
+            extra.append(f"fuses {r['covers']}")
+        lines.append(format_node(n, "; ".join(extra)))
+    c = summ["matmuls_by_class"]
+    lines.append(f"# summary {phase}: " + ", ".join(f"{k}={v}" for k, v in c.items())
+                 + f"; dispatches per step={summ['dispatches_per_step']} "
+                 f"(per layer {summ['dispatches_per_layer']}); all on GPU, 0 on CPU")
+    return "\n".join(lines)
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lowering.dump", description=__doc__)
+    ap.add_argument("compiled_dir", type=Path)
+    ap.add_argument("--phase", choices=["decode", "prefill"], default="decode")
+    ap.add_argument("--format", choices=["text", "json", "dot"], default="text")
+    a = ap.parse_args(argv)
+    print(dump(a.compiled_dir, a.phase, a.format))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Matmul kernels: weight GEMV/GEMM (``x @ W.T``, W in HF [out, in] layout, optional residual
+epilogue) and attention batched GEMM/GEMV reading the KV cache in place (GQA: query head ``h``
+uses kv head ``h // group``; only the first ``total`` cache rows are read)."""
+
+from __future__ import annotations
+
+from tvm import te
+
+from ir.graph import Graph, Node
+from lowering.kernels.common import bytes_expr, dim_vars, numel_expr, placeholder, shape_key, te_shape
+from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+
+
+def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    a, w = g[node.inputs[0]], g[node.inputs[1]]
+    res = g[node.inputs[2]] if len(node.inputs) > 2 else None
+    ctx = opts.max_context
+    K = a.shape[1]
+
+    def build():
+        v = dim_vars(g)
+        A = placeholder(a.shape, "float32", "A", v, ctx)
+        W = placeholder(w.shape, w.dtype, "W", v, ctx)
+        k = te.reduce_axis((0, K), "k")
+        out = te.compute(te_shape(node.shape, v, ctx),
+                         lambda i, j: te.sum(A[i, k] * W[j, k].astype("float32"), axis=k), name="C")
+        ins = [A, W]
+        if res is not None:
+            R = placeholder(res.shape, "float32", "R", v, ctx)
+            acc = out
+            out = te.compute(acc.shape, lambda i, j: acc[i, j] + R[i, j], name="C_res")
+            ins.append(R)
+        return te.create_prim_func([*ins, out])
+
+    key = f"matmul_w:{shape_key(a)}x{shape_key(w)}" + (":res" if res is not None else "")
+    moved = [a, w, node] + ([res] if res is not None else [])
+    return KernelSpec(key, node.attrs["kernel_class"], build, [*node.inputs, node.name], [len(node.inputs)],
+                      flops=f"2*{numel_expr(node.shape, ctx)}*{K}", bytes=bytes_expr(moved, ctx))
+
+
+def _attention_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    a, view = g[node.inputs[0]], g[node.inputs[1]]
+    if view.op != "kv_cache_read":
+        raise ValueError(f"node {node.name}: batched matmul operand {view.name} must be a kv_cache_read")
+    cache = g[view.inputs[0]]
+    group = node.attrs.get("gqa_group", 1)
+    qk = bool(node.attrs.get("transpose_b"))
+    ctx = opts.max_context
+    _, nh, M, K = a.shape
+
+    def build():
+        v = dim_vars(g)
+        A = placeholder(a.shape, "float32", "A", v, ctx)
+        C = placeholder(cache.shape, "float32", "KV", v, ctx)
+        if qk:  # scores[h, m, t] = sum_d q[h, m, d] * k[h // group, t, d]
+            r = te.reduce_axis((0, K), "d")
+            out = te.compute(te_shape(node.shape, v, ctx), lambda b, h, m, t: te.sum(
+                A[b, h, m, r] * C[h // group, t, r], axis=r), name="S")
+        else:  # out[h, m, d] = sum_t p[h, m, t] * v[h // group, t, d]
+            r = te.reduce_axis((0, v["total"]), "t")
+            out = te.compute(te_shape(node.shape, v, ctx), lambda b, h, m, d: te.sum(
+                A[b, h, m, r] * C[h // group, r, d], axis=r), name="O")
+        return te.create_prim_func([A, C, out])
+
+    key = f"matmul_attn:{'qk' if qk else 'pv'}:{shape_key(a)}x{shape_key(cache)}:g{group}"
+    inner = "*".join(map(str, a.shape[3:])) if qk else "total"
+    kv_bytes = f"4*{cache.shape[0]}*total*{cache.shape[2]}"
+    return KernelSpec(key, node.attrs["kernel_class"], build, [a.name, cache.name, node.name], [2],
+                      flops=f"2*{numel_expr(node.shape, ctx)}*{inner}",
+                      bytes=f"{bytes_expr([a, node], ctx)} + {kv_bytes}")
+
+
+@generator("matmul")
+def matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    if len(node.shape) == 2:
+        return _weight_matmul(node, g, opts)
+    return _attention_matmul(node, g, opts)

@@ -1,0 +1,132 @@
+"""The compiled module: trace both phases, lower, build kernels, plan memory, write OUT atomically.
+
+Layout of OUT (no weights inside; they are read from the model dir at run time)::
+
+    manifest.json            format version, TVM version, config, weight fingerprint, options,
+                             required device features/limits, kernels, per-phase plans
+    graphs/{prefill,decode}.json   the lowered graphs (ir JSON)
+    kernels/<name>.wgsl      one WGSL compute shader per unique kernel
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from frontend.atomic import atomic_dir
+from frontend.config import load_config
+from frontend.progress import Progress
+from frontend.qwen3 import PHASES, trace
+from frontend.weights import WeightStore
+from ir.graph import Graph
+from ir.ops import LEAF_OPS, VIEW_OPS
+from ir.serialize import to_json
+from lowering.build import Kernel, build_kernel
+from lowering.errors import LoweringError
+from lowering.kernels.spec import KernelSpec, LowerOptions, spec_for
+from lowering.pipeline import lower
+from lowering.plan import plan_memory, storage_root
+
+FORMAT_VERSION = 1
+
+
+def _dispatches(g: Graph, opts: LowerOptions, specs: dict[str, KernelSpec], names: dict[str, str]) -> list[dict]:
+    out = []
+    for n in g.nodes():
+        if n.op in LEAF_OPS or n.op in VIEW_OPS:
+            continue
+        try:
+            spec = spec_for(n, g, opts)
+        except KeyError as e:
+            raise LoweringError(f"node {n.name}: op '{n.op}' has no GPU kernel ({e})") from None
+        if spec.key not in names:
+            names[spec.key] = f"{spec.kclass}_{len(names)}"
+            specs[spec.key] = spec
+        args = [a if a.startswith("const:") else storage_root(g, a) for a in spec.args]
+        out.append({"node": n.name, "op": n.op, "kernel": names[spec.key], "args": args,
+                    "flops": spec.flops, "bytes": spec.bytes})
+    return out
+
+
+def _requirements(kernels: dict[str, Kernel], plans: dict[str, Any], opts: LowerOptions, cfg) -> dict[str, Any]:
+    biggest = max(max(p["slots"], default=0) for p in plans.values())
+    for p in plans.values():
+        for t in p["tensors"].values():
+            if t["kind"] == "weight":
+                rows = t["rows"][1] - t["rows"][0] if t["rows"] else t["shape"][0]
+                cols = t["shape"][1] if len(t["shape"]) > 1 else 1
+                biggest = max(biggest, rows * cols * (2 if t["dtype"] == "float16" else 4))
+    biggest = max(biggest, cfg.num_key_value_heads * opts.max_context * cfg.head_dim * 4)
+    return {
+        "features": ["shader-f16"] if any("enable f16" in k.wgsl for k in kernels.values()) else [],
+        "limits": {
+            "max-storage-buffer-binding-size": biggest,
+            "max-storage-buffers-per-shader-stage": max(len(k.bindings) for k in kernels.values()),
+            "max-compute-invocations-per-workgroup": max(k.workgroup[0] * k.workgroup[1] * k.workgroup[2]
+                                                         for k in kernels.values()),
+        },
+        "optional_features": ["timestamp-query"],
+    }
+
+
+def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = False,
+                  dump_after: str | None = None, use_cache: bool = True, log=print) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    cfg = load_config(model_dir)
+    if opts.max_context > cfg.max_position_embeddings:
+        raise LoweringError(f"--max-context {opts.max_context} exceeds max_position_embeddings "
+                            f"{cfg.max_position_embeddings} in {Path(model_dir) / 'config.json'}")
+    ws = WeightStore(model_dir, cfg)
+    graphs: dict[str, Graph] = {}
+    specs: dict[str, KernelSpec] = {}
+    names: dict[str, str] = {}
+    plans: dict[str, Any] = {}
+    for phase in PHASES:
+        g = lower(trace(cfg, phase, opts.weight_dtype), opts, dump_after, log)
+        graphs[phase] = g
+        max_dims = {"seq": 1 if phase == "decode" else opts.prefill_chunk, "total": opts.max_context,
+                    "ctx": opts.max_context}
+        plan = plan_memory(g, max_dims)
+        plan["dispatches"] = _dispatches(g, opts, specs, names)
+        plan["outputs"] = {n.attrs["name"]: storage_root(g, n.name) for n in g.by_op("output")}
+        plans[phase] = plan
+    kernels: dict[str, Kernel] = {}
+    progress = Progress("building kernels", len(specs))
+    cached = 0
+    for key, spec in specs.items():
+        k, hit = build_kernel(spec, names[key], use_cache)
+        kernels[k.name] = k
+        cached += hit
+        progress.step()
+    progress.done()
+    for plan in plans.values():
+        for d in plan["dispatches"]:
+            d["kclass"] = kernels[d["kernel"]].kclass
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "tvm_version": tvm.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "model_dir": str(Path(model_dir).resolve()),
+        "config": cfg.to_dict(),
+        "weights_fingerprint": ws.fingerprint(),
+        "options": {"weight_dtype": opts.weight_dtype, "max_context": opts.max_context,
+                    "prefill_chunk": opts.prefill_chunk, "max_binding_bytes": opts.max_binding_bytes},
+        "requires": _requirements(kernels, plans, opts, cfg),
+        "kernels": {name: {**k.to_json(), "file": f"kernels/{name}.wgsl"} for name, k in kernels.items()},
+        "phases": plans,
+    }
+    with atomic_dir(out, force) as tmp:
+        (tmp / "graphs").mkdir()
+        (tmp / "kernels").mkdir()
+        for phase, g in graphs.items():
+            (tmp / "graphs" / f"{phase}.json").write_text(to_json(g))
+        for name, k in kernels.items():
+            (tmp / "kernels" / f"{name}.wgsl").write_text(k.wgsl)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    log(f"compiled {len(kernels)} kernels ({cached} from cache) for {cfg.num_hidden_layers} layers in "
+        f"{time.perf_counter() - t0:.1f}s -> {out}")
+    return manifest

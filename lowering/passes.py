@@ -1,0 +1,100 @@
+"""Graph -> Graph passes other than classification: weight dtype, large-weight splitting, fusion."""
+
+from __future__ import annotations
+
+from ir.graph import Graph, Node
+from lowering.kernels.common import DTYPE_BYTES
+from lowering.kernels.spec import LowerOptions
+
+
+def set_weight_dtype(g: Graph, opts: LowerOptions) -> Graph:
+    """Weights are stored on the GPU in ``opts.weight_dtype`` (converted at upload)."""
+    g = g.copy()
+    for n in g.by_op("weight"):
+        n.dtype = opts.weight_dtype
+    return g
+
+
+def _chunks(rows: int, cols: int, dtype: str, limit: int) -> list[tuple[int, int]]:
+    per = max(64, (limit // (cols * DTYPE_BYTES[dtype])) // 64 * 64)
+    return [(r, min(r + per, rows)) for r in range(0, rows, per)]
+
+
+def split_large_weights(g: Graph, opts: LowerOptions) -> Graph:
+    """A weight larger than one storage binding (lavapipe: 128 MiB; the 0.6B embedding is 311 MB
+    in f16) is split into row chunks: the embedding gathers from all chunks in one kernel, a
+    matmul becomes one matmul per chunk plus a concat of their outputs."""
+    nodes: list[Node] = []
+    renamed: dict[str, str] = {}
+    existing = {n.name for n in g.nodes()}
+
+    def fresh(base: str) -> str:
+        name, i = base, 0
+        while name in existing:
+            i += 1
+            name = f"{base}_{i}"
+        existing.add(name)
+        return name
+
+    def chunk_nodes(w: Node) -> list[Node]:
+        out = []
+        for r0, r1 in _chunks(w.shape[0], w.shape[1], w.dtype, opts.max_binding_bytes):
+            out.append(Node(fresh(f"{w.name}[{r0}:{r1}]"), "weight", [], (r1 - r0, w.shape[1]), w.dtype,
+                            {**w.attrs, "rows": [r0, r1]}))
+        return out
+
+    for n in g.nodes():
+        n = Node(n.name, n.op, [renamed.get(i, i) for i in n.inputs], n.shape, n.dtype, dict(n.attrs))
+        big = [i for i in n.inputs[1:2] if g[i].op == "weight" and len(g[i].shape) == 2
+               and g[i].shape[0] * g[i].shape[1] * DTYPE_BYTES[g[i].dtype] > opts.max_binding_bytes]
+        if not big or n.op not in ("embedding", "matmul"):
+            nodes.append(n)
+            continue
+        parts = chunk_nodes(g[big[0]])
+        nodes += parts
+        if n.op == "embedding":
+            n.inputs = [n.inputs[0], *(p.name for p in parts)]
+            nodes.append(n)
+            continue
+        outs = []
+        for p in parts:
+            m = Node(fresh(f"{n.name}[{p.attrs['rows'][0]}:{p.attrs['rows'][1]}]"), "matmul", [n.inputs[0], p.name],
+                     (n.shape[0], p.shape[0]), n.dtype, {**n.attrs, "split_of": n.name})
+            m.attrs["reason"] = n.attrs.get("reason", "") + f"; weight split into {len(parts)} row chunks that " \
+                f"each fit one storage binding ({opts.max_binding_bytes >> 20} MiB)"
+            nodes.append(m)
+            outs.append(m.name)
+        nodes.append(Node(n.name, "concat", outs, n.shape, n.dtype, {"axis": -1}))
+    return Graph.from_nodes(g.phase, g.meta, nodes)
+
+
+def fuse_elementwise(g: Graph) -> Graph:
+    """``silu(a) * b`` -> ``silu_mul(a, b)``; ``x + matmul(..)`` -> matmul with a residual
+    epilogue. Each removes a dispatch and a round trip of an activation through memory."""
+    users: dict[str, list[str]] = {n.name: [] for n in g.nodes()}
+    for n in g.nodes():
+        for i in n.inputs:
+            users[i].append(n.name)
+    nodes: list[Node] = []
+    alias: dict[str, str] = {}
+    dropped: set[str] = set()
+    for n in g.nodes():
+        n = Node(n.name, n.op, [alias.get(i, i) for i in n.inputs], n.shape, n.dtype, dict(n.attrs))
+        if n.op == "mul" and g[n.inputs[0]].op == "silu" and users[n.inputs[0]] == [n.name]:
+            silu = g[n.inputs[0]]
+            dropped.add(silu.name)
+            n.op, n.inputs = "silu_mul", [silu.inputs[0], n.inputs[1]]
+            n.attrs["covers"] = [silu.name, n.name]
+        elif n.op == "add":
+            mm = next((g[i] for i in n.inputs if g[i].op == "matmul" and len(g[i].shape) == 2
+                       and users[i] == [n.name] and "split_of" not in g[i].attrs), None)
+            if mm is not None:
+                other = n.inputs[1] if n.inputs[0] == mm.name else n.inputs[0]
+                fused = next(x for x in nodes if x.name == mm.name)
+                fused.inputs.append(other)
+                fused.attrs["epilogue"] = "add"
+                fused.attrs["covers"] = [mm.name, n.name]
+                alias[n.name] = mm.name
+                continue
+        nodes.append(n)
+    return Graph.from_nodes(g.phase, g.meta, [n for n in nodes if n.name not in dropped])

@@ -1,0 +1,37 @@
+"""The pass pipeline: named Graph -> Graph functions, verifier after each, any output dumpable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ir.graph import Graph
+from ir.printer import to_text
+from ir.verify import GraphError, verify
+from lowering.classify import classify_matmuls
+from lowering.kernels.spec import LowerOptions
+from lowering.passes import fuse_elementwise, set_weight_dtype, split_large_weights
+
+Pass = Callable[[Graph, LowerOptions], Graph]
+
+PASSES: list[tuple[str, Pass]] = [
+    ("set_weight_dtype", set_weight_dtype),
+    ("classify_matmuls", lambda g, o: classify_matmuls(g)),
+    ("split_large_weights", split_large_weights),
+    ("fuse_elementwise", lambda g, o: fuse_elementwise(g)),
+]
+PASS_NAMES = ["trace"] + [name for name, _ in PASSES]
+
+
+def lower(g: Graph, opts: LowerOptions, dump_after: str | None = None,
+          dump: Callable[[str], None] = print) -> Graph:
+    if dump_after == "trace":
+        dump(to_text(g))
+    for name, fn in PASSES:
+        g = fn(g, opts)
+        try:
+            verify(g)
+        except GraphError as e:
+            raise AssertionError(f"pass {name} produced an invalid graph: {e}") from None
+        if dump_after == name:
+            dump(f"# after {name}\n{to_text(g)}")
+    return g

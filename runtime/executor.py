@@ -1,0 +1,236 @@
+"""Executes a compiled module's phases on the GPU.
+
+Everything is created once: weight buffers (uploaded once, converted to the compiled dtype, row
+chunks where the plan split a weight), the KV caches, activation slots per phase, pipelines and
+bind groups. A step writes the token ids and one uniform buffer of POD args, encodes one compute
+pass (one pass per dispatch when profiling, for timestamps), submits once, and reads back only
+the logits row.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from frontend.config import parse_config
+from frontend.errors import UserError
+from frontend.progress import Progress
+from frontend.weights import WeightStore
+from runtime.compiled import CompiledModule
+from runtime.constants import make_constant
+from runtime.device import Device
+from runtime.kernel import POD_BYTES, KernelProgram
+
+_NP = {"float16": np.float16, "float32": np.float32, "int32": np.int32}
+
+
+def _align(n: int, a: int = 16) -> int:
+    return (n + a - 1) // a * a
+
+
+@dataclass
+class StepProfile:
+    """Per-dispatch GPU times (seconds) of one step, in dispatch order."""
+
+    phase: str
+    seq: int
+    total: int
+    times: list[float]
+    source: str  # "gpu-timestamps" | "cpu-sync"
+
+
+@dataclass
+class _Phase:
+    dispatches: list[dict]
+    programs: list[KernelProgram]
+    bind_groups: list[Any]
+    pod_buffer: Any
+    pod_stride: int
+    logits: Any
+    slots: list[Any] = field(default_factory=list)
+
+
+class Executor:
+    def __init__(self, module: CompiledModule, model_dir: str, dev: Device, weights: WeightStore | None = None,
+                 verbose: bool = True) -> None:
+        import wgpu
+
+        self.wgpu = wgpu
+        self.module, self.dev, self.device = module, dev, dev.device
+        self.cfg = parse_config({**module.config, "model_type": "qwen3"}, module.path / "manifest.json")
+        self.ctx = module.options["max_context"]
+        self.chunk = module.options["prefill_chunk"]
+        self.weights = weights or WeightStore(model_dir, self.cfg)
+        self.verbose = verbose
+        self.live_buffers = 0
+        S = wgpu.BufferUsage.STORAGE
+        self._usage = S | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
+        self.programs = {n: KernelProgram(self.device, n, m, module.wgsl[n]) for n, m in module.manifest["kernels"].items()}
+        self.shared: dict[str, Any] = {}
+        self._upload_weights()
+        self.ids = self._buffer(_align(4 * max(self.chunk, 1)), "input_ids")
+        for i in range(self.cfg.num_hidden_layers):
+            for kv in "kv":
+                self.shared[f"cache_{kv}.{i}"] = self._buffer(
+                    4 * self.cfg.num_key_value_heads * self.ctx * self.cfg.head_dim, f"cache_{kv}.{i}")
+        self.phases = {p: self._prepare(p) for p in ("prefill", "decode")}
+        self.staging = self._buffer(_align(4 * self.cfg.vocab_size), "logits_staging",
+                                    wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
+        self.query_set = None
+
+    # setup --------------------------------------------------------------------------------
+    def _buffer(self, size: int, label: str, usage: int | None = None, data: np.ndarray | None = None) -> Any:
+        try:
+            if data is not None:
+                buf = self.device.create_buffer_with_data(data=data, usage=usage or self._usage, label=label)
+            else:
+                buf = self.device.create_buffer(size=_align(size), usage=usage or self._usage, label=label)
+        except Exception as e:  # noqa: BLE001 - out of GPU memory surfaces as a wgpu error
+            raise UserError(f"GPU allocation of {size / 2**20:.1f} MiB for {label} failed on "
+                            f"'{self.dev.name}' ({str(e).splitlines()[0]}); try a smaller --max-context") from None
+        self.live_buffers += 1
+        return buf
+
+    def _upload_weights(self) -> None:
+        tensors = {}
+        for plan in self.module.manifest["phases"].values():
+            for t in plan["tensors"].values():
+                if t["kind"] == "weight":
+                    tensors[(t["param"], tuple(t["rows"] or ()))] = t
+        progress = Progress("uploading weights", len(tensors)) if self.verbose else None
+        for (param, rows), t in tensors.items():
+            arr = self.weights.get(param)
+            if rows:
+                arr = arr[rows[0]:rows[1]]
+            data = np.ascontiguousarray(arr, dtype=_NP[t["dtype"]])
+            if data.nbytes % 4:
+                data = np.concatenate([data.reshape(-1), np.zeros(1, data.dtype)])
+            self.shared[self._weight_key(param, rows)] = self._buffer(data.nbytes, param, data=data)
+            if progress:
+                progress.step()
+        if progress:
+            progress.done()
+
+    @staticmethod
+    def _weight_key(param: str, rows) -> str:
+        return f"weight:{param}:{list(rows) if rows else ''}"
+
+    def _resolve(self, plan: dict, slots: list[Any], name: str) -> Any:
+        if name.startswith("const:"):
+            if name not in self.shared:
+                self.shared[name] = self._buffer(0, name, data=make_constant(name))
+            return self.shared[name]
+        t = plan["tensors"][name]
+        if t["kind"] == "weight":
+            return self.shared[self._weight_key(t["param"], t["rows"])]
+        if t["kind"] == "cache":
+            return self.shared[name]
+        if t["kind"] == "input":
+            return self.ids
+        return slots[t["slot"]]
+
+    def _prepare(self, phase: str) -> _Phase:
+        plan = self.module.manifest["phases"][phase]
+        slots = [self._buffer(size, f"{phase}.slot{i}") for i, size in enumerate(plan["slots"])]
+        align = max(POD_BYTES, self.dev.limits.get("min-uniform-buffer-offset-alignment", 256))
+        n = len(plan["dispatches"])
+        pod_buffer = self._buffer(align * max(n, 1), f"{phase}.pod",
+                                  self.wgpu.BufferUsage.UNIFORM | self.wgpu.BufferUsage.COPY_DST)
+        programs, groups = [], []
+        for i, d in enumerate(plan["dispatches"]):
+            prog = self.programs[d["kernel"]]
+            bufs = [self._resolve(plan, slots, a) for a in d["args"]]
+            programs.append(prog)
+            groups.append(prog.bind_group(self.device, bufs, pod_buffer, i * align))
+        logits = self._resolve(plan, slots, plan["outputs"]["logits"])
+        return _Phase(plan["dispatches"], programs, groups, pod_buffer, align, logits, slots)
+
+    # execution ----------------------------------------------------------------------------
+    def step(self, phase: str, ids: np.ndarray, total: int, profile: bool = False,
+             read_logits: bool = True) -> tuple[np.ndarray | None, StepProfile | None]:
+        """Run one phase for ``ids`` (new tokens) with ``total`` = past + len(ids). Returns the
+        last position's logits [vocab] (float32)."""
+        wgpu = self.wgpu
+        ph = self.phases[phase]
+        seq = len(ids)
+        launches = [p.launch(seq, total) for p in ph.programs]
+        pods = np.zeros((len(launches), ph.pod_stride // 4), np.int32)
+        for i, (_, pod) in enumerate(launches):
+            pods[i, :4] = pod
+        q = self.device.queue
+        q.write_buffer(self.ids, 0, np.ascontiguousarray(ids, np.int32).tobytes())
+        q.write_buffer(ph.pod_buffer, 0, pods.tobytes())
+        enc = self.device.create_command_encoder()
+        timing = None
+        if profile and self.dev.has_timestamps:
+            qs = self._queries(len(launches))
+            for i, (grid, _) in enumerate(launches):
+                cp = enc.begin_compute_pass(timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 2 * i,
+                                                              "end_of_pass_write_index": 2 * i + 1})
+                cp.set_pipeline(ph.programs[i].pipeline)
+                cp.set_bind_group(0, ph.bind_groups[i])
+                cp.dispatch_workgroups(*grid)
+                cp.end()
+            enc.resolve_query_set(qs, 0, 2 * len(launches), self.query_buf, 0)
+            enc.copy_buffer_to_buffer(self.query_buf, 0, self.query_read, 0, 16 * len(launches))
+            timing = "gpu-timestamps"
+        elif profile:
+            return self._step_cpu_timed(ph, phase, launches, seq, total, read_logits)
+        else:
+            cp = enc.begin_compute_pass()
+            for i, (grid, _) in enumerate(launches):
+                cp.set_pipeline(ph.programs[i].pipeline)
+                cp.set_bind_group(0, ph.bind_groups[i])
+                cp.dispatch_workgroups(*grid)
+            cp.end()
+        vocab = self.cfg.vocab_size
+        if read_logits:
+            enc.copy_buffer_to_buffer(ph.logits, 0, self.staging, 0, 4 * vocab)
+        q.submit([enc.finish()])
+        logits = self._read_logits() if read_logits else None
+        prof = None
+        if timing:
+            self.query_read.map_sync(wgpu.MapMode.READ)
+            ts = np.frombuffer(self.query_read.read_mapped(), np.uint64)[: 2 * len(launches)].astype(np.float64)
+            self.query_read.unmap()
+            prof = StepProfile(phase, seq, total, list((ts[1::2] - ts[0::2]) * 1e-9), timing)
+        return logits, prof
+
+    def _read_logits(self) -> np.ndarray:
+        self.staging.map_sync(self.wgpu.MapMode.READ)
+        out = np.frombuffer(self.staging.read_mapped(), np.float32)[: self.cfg.vocab_size].copy()
+        self.staging.unmap()
+        return out
+
+    def _queries(self, n: int):
+        if self.query_set is None or self.query_set.count < 2 * n:
+            wgpu = self.wgpu
+            self.query_set = self.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * n)
+            self.query_buf = self._buffer(16 * n, "timestamps", wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+            self.query_read = self._buffer(16 * n, "timestamps_read", wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
+        return self.query_set
+
+    def _step_cpu_timed(self, ph: _Phase, phase: str, launches, seq: int, total: int, read_logits: bool):
+        """Fallback profiling without timestamp queries: submit and wait per dispatch."""
+        times = []
+        for i, (grid, _) in enumerate(launches):
+            enc = self.device.create_command_encoder()
+            cp = enc.begin_compute_pass()
+            cp.set_pipeline(ph.programs[i].pipeline)
+            cp.set_bind_group(0, ph.bind_groups[i])
+            cp.dispatch_workgroups(*grid)
+            cp.end()
+            t0 = time.perf_counter()
+            self.device.queue.submit([enc.finish()])
+            self.device.queue.on_submitted_work_done_sync()
+            times.append(time.perf_counter() - t0)
+        logits = None
+        if read_logits:
+            enc = self.device.create_command_encoder()
+            enc.copy_buffer_to_buffer(ph.logits, 0, self.staging, 0, 4 * self.cfg.vocab_size)
+            self.device.queue.submit([enc.finish()])
+            logits = self._read_logits()
+        return logits, StepProfile(phase, seq, total, times, "cpu-sync")

@@ -54,7 +54,7 @@ class Tracer:
         return self.graph.fresh_name(".".join([*self._scope, base]))
 
     def leaf(self, op: str, name: str, shape: Shape, dtype: str, **attrs: Any) -> Proxy:
-        node = Node(self._name(name) if op == "weight" else name, op, [], tuple(shape), dtype, attrs)
+        node = Node(self.graph.fresh_name(name), op, [], tuple(shape), dtype, attrs)
         return Proxy(self, self.graph.add(node))
 
     def op(self, op: str, inputs: list[Proxy], node_name: str | None = None, **attrs: Any) -> Proxy:

@@ -30,10 +30,11 @@ def _leaf(ins, attrs):  # input / weight: the node's declared type is the truth
 
 
 def _embedding(ins, attrs):
-    (ids, idt), (table, _) = ins
+    (ids, idt), *tables = ins  # several tables: row chunks of one table, in order
     _need(len(ids) == 1 and idt == "int32", f"embedding ids must be int32 [seq], got {idt}{fmt(ids)}")
-    _need(len(table) == 2, f"embedding table must be 2-D, got {fmt(table)}")
-    return (ids[0], table[1]), F32
+    _need(bool(tables) and all(len(t) == 2 and t[1] == tables[0][0][1] for t, _ in tables),
+          f"embedding tables must be 2-D with one width, got {[fmt(t) for t, _ in tables]}")
+    return (ids[0], tables[0][0][1]), F32
 
 
 def _rms_norm(ins, attrs):

@@ -121,7 +121,7 @@ def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True) -> tuple[K
             if scheduled is None:
                 continue
             with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
-                ex = tvm.build(scheduled, target=target)
+                ex = tvm.tirx.build(scheduled, target=target)
             kernel = _parse(spec, name, ex.imports[0].inspect_source(), _launch_extents(scheduled[name]), rule)
             break
         except Exception as e:  # noqa: BLE001 - a rule that cannot handle this shape: try the next

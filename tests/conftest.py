@@ -1,10 +1,18 @@
-"""Shared fixtures: random-weight model dirs in the HF layout, made once per session."""
+"""Shared fixtures: random-weight model dirs in the HF layout and compiled modules, made once."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from frontend.make_model import make_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_cache(tmp_path_factory):
+    """A fresh kernel cache per test session, so the suite never depends on a dev's cache."""
+    os.environ["QWEN3VK_CACHE"] = str(tmp_path_factory.mktemp("kernel-cache"))
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +23,34 @@ def model_dir(tmp_path_factory):
     def get(preset: str, dtype: str = "f32", seed: int = 0, shards: int = 1):
         key = (preset, dtype, seed, shards)
         if key not in made:
-            made[key] = make_model(tmp_path_factory.mktemp(f"{preset}-{dtype}") / "model", preset, dtype, seed, shards)
+            path = tmp_path_factory.mktemp(f"{preset}-{dtype}-s{seed}") / "model"
+            made[key] = make_model(path, preset, dtype, seed, shards)
         return made[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def compiled(model_dir, tmp_path_factory):
+    """``compiled(preset, model_dtype, weight_dtype, max_context, prefill_chunk)`` -> module dir."""
+    from lowering.kernels.spec import LowerOptions
+    from lowering.module import compile_model
+
+    made: dict[tuple, object] = {}
+
+    def get(preset: str, dtype: str = "f32", weight_dtype: str = "float32", max_context: int = 128,
+            prefill_chunk: int = 32, log=lambda *_: None):
+        key = (preset, dtype, weight_dtype, max_context, prefill_chunk)
+        if key not in made:
+            out = tmp_path_factory.mktemp("vkmod") / f"{preset}.vkmod"
+            compile_model(model_dir(preset, dtype), out, LowerOptions(weight_dtype, max_context, prefill_chunk), log=log)
+            made[key] = out
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def qwen06b(model_dir):
+    """The real-shape qwen3-0.6b preset (bf16, ~1.2 GB), made once for the whole session."""
+    return model_dir("qwen3-0.6b", "bf16")

@@ -1,0 +1,85 @@
+"""Lowering: matmul classification counts, weight splitting, fusion, compile + dump of qwen3-0.6b."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from frontend.config import parse_config
+from frontend.errors import UserError
+from frontend.make_model import make_config
+from frontend.qwen3 import trace
+from ir.graph import Node
+from lowering.classify import classify_matmuls
+from lowering.dump import dump
+from lowering.kernels.spec import LowerOptions
+from lowering.module import compile_model
+from lowering.pipeline import lower
+
+
+def _counts(g):
+    out: dict[str, int] = {}
+    for n in g.by_op("matmul"):
+        if "split_of" in n.attrs and not n.name.endswith(f"[0:{n.shape[1]}]"):
+            continue
+        out[n.attrs["kernel_class"]] = out.get(n.attrs["kernel_class"], 0) + 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def cfg06():
+    return parse_config(make_config("qwen3-0.6b", "bf16"), Path("config.json"))
+
+
+def test_classification_counts(cfg06):
+    d = classify_matmuls(trace(cfg06, "decode"))
+    assert _counts(d) == {"gemv": 197, "batched_gemv": 56}
+    p = classify_matmuls(trace(cfg06, "prefill"))
+    # the prefill lm_head only sees the last position (take_last): a GEMV, and its reason says so
+    assert _counts(p) == {"gemm": 196, "gemv": 1, "batched_gemm": 56}
+    assert "take_last" in p["lm_head"].attrs["reason"]
+    assert "GQA group 2" in d["layers.3.qk"].attrs["reason"]
+
+
+def test_unsupported_matmul_is_a_compile_error(cfg06):
+    g = trace(cfg06, "decode")
+    g.add(Node("weird", "matmul", ["embed", "layers.0.attn_norm"], (1, 1), "float32"))
+    with pytest.raises(UserError, match="node weird: matmul .* matches no GPU kernel class"):
+        classify_matmuls(g)
+
+
+def test_split_and_fusion(cfg06):
+    g = lower(trace(cfg06, "decode"), LowerOptions("float16", 256, 32))
+    # 151936 x 1024 f16 = 311 MB > 128 MiB: three row chunks, gathered by one kernel
+    assert len(g["embed"].inputs) == 1 + 3
+    assert g["lm_head"].op == "concat" and len(g["lm_head"].inputs) == 3
+    assert g["layers.0.o_proj"].attrs["epilogue"] == "add"
+    assert not g.by_op("silu") and len(g.by_op("silu_mul")) == 28
+
+
+def test_compile_qwen06b_and_dump(qwen06b, tmp_path):
+    out = tmp_path / "m.vkmod"
+    t0 = time.perf_counter()
+    compile_model(qwen06b, out, LowerOptions("float16", 512, 64))
+    first = time.perf_counter() - t0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["requires"]["limits"]["max-storage-buffer-binding-size"] <= 128 * 2**20
+    t0 = time.perf_counter()
+    compile_model(qwen06b, out, LowerOptions("float16", 512, 64), force=True)
+    second = time.perf_counter() - t0
+    print(f"qwen3-0.6b compile: first {first:.1f}s, cached {second:.1f}s")
+    dec = json.loads(dump(out, "decode", "json"))
+    assert dec["summary"]["matmuls_by_class"] == {"gemv": 197, "gemm": 0, "batched_gemv": 56, "batched_gemm": 0}
+    pre = json.loads(dump(out, "prefill", "json"))
+    assert pre["summary"]["matmuls_by_class"] == {"gemv": 1, "gemm": 196, "batched_gemv": 0, "batched_gemm": 56}
+    node = next(n for n in dec["nodes"] if n["name"] == "layers.0.down_proj")
+    assert node["kernel_class"] == "gemv" and node["kernel"] and node["covers"] == ["layers.0.down_proj",
+                                                                                     "layers.0.add_1"]
+    assert all(n["kernel"] for n in dec["nodes"] if n["op"] not in ("input", "weight", "reshape", "output",
+                                                                       "kv_cache_read"))
+    text = dump(out, "decode", "text")
+    assert "# summary decode: gemv=197" in text
+    assert dump(out, "prefill", "dot").startswith("digraph")

@@ -30,9 +30,10 @@ class HFOracle:
         return r.logits[0, -1].float().numpy()
 
     def greedy(self, ids: list[int], n: int) -> list[int]:
+        # the model's own generation_config (its EOS ids stop generation), greedy
         with torch.no_grad():
-            out = self.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n,
-                                      pad_token_id=0)
+            out = self.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, pad_token_id=0,
+                                      top_k=None, top_p=None, temperature=None)
         return out[0, len(ids):].tolist()
 
 

@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime import load  # noqa: E402
+from runtime.device import wait_idle  # noqa: E402
 from runtime.profile import report  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def copy_bandwidth(model, mb: int = 256, reps: int = 10) -> float:
         enc.copy_buffer_to_buffer(a, 0, b, 0, n)
         t0 = time.perf_counter()
         dev.queue.submit([enc.finish()])
-        dev.queue.on_submitted_work_done_sync()
+        wait_idle(dev)
         times.append(time.perf_counter() - t0)
     return 2 * n / statistics.median(times[1:]) / 1e9
 

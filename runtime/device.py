@@ -78,3 +78,13 @@ def open_device(which: str | None = None, required: dict[str, Any] | None = None
     device = adapter.request_device_sync(required_features=wanted, required_limits=raise_limits)
     return Device(adapter, device, adapter.info.get("device", "?"), features, limits, ts,
                   adapter.info.get("adapter_type") == "CPU")
+
+
+def wait_idle(device: Any) -> None:
+    """Block until the queue's submitted work is done. A tiny readback does it portably
+    (``on_submitted_work_done_sync`` is broken in some wgpu-py / wgpu-native pairings)."""
+    import wgpu
+
+    buf = device.create_buffer(size=4, usage=wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST)
+    device.queue.read_buffer(buf)
+    buf.destroy()

@@ -21,7 +21,7 @@ from frontend.progress import Progress
 from frontend.weights import WeightStore
 from runtime.compiled import CompiledModule
 from runtime.constants import make_constant
-from runtime.device import Device
+from runtime.device import Device, wait_idle
 from runtime.kernel import POD_BYTES, KernelProgram
 
 _NP = {"float16": np.float16, "float32": np.float32, "int32": np.int32}
@@ -225,7 +225,7 @@ class Executor:
             cp.end()
             t0 = time.perf_counter()
             self.device.queue.submit([enc.finish()])
-            self.device.queue.on_submitted_work_done_sync()
+            wait_idle(self.device)
             times.append(time.perf_counter() - t0)
         logits = None
         if read_logits:

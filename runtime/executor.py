@@ -68,7 +68,8 @@ class Executor:
         self.live_buffers = 0
         S = wgpu.BufferUsage.STORAGE
         self._usage = S | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
-        self.programs = {n: KernelProgram(self.device, n, m, module.wgsl[n]) for n, m in module.manifest["kernels"].items()}
+        self.programs = {n: KernelProgram(self.device, n, m, module.wgsl[n])
+                         for n, m in module.manifest["kernels"].items()}
         self.shared: dict[str, Any] = {}
         self._upload_weights()
         self.ids = self._buffer(_align(4 * max(self.chunk, 1)), "input_ids")
@@ -209,8 +210,9 @@ class Executor:
         if self.query_set is None or self.query_set.count < 2 * n:
             wgpu = self.wgpu
             self.query_set = self.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * n)
-            self.query_buf = self._buffer(16 * n, "timestamps", wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-            self.query_read = self._buffer(16 * n, "timestamps_read", wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
+            U = wgpu.BufferUsage
+            self.query_buf = self._buffer(16 * n, "timestamps", U.QUERY_RESOLVE | U.COPY_SRC)
+            self.query_read = self._buffer(16 * n, "timestamps_read", U.MAP_READ | U.COPY_DST)
         return self.query_set
 
     def _step_cpu_timed(self, ph: _Phase, phase: str, launches, seq: int, total: int, read_logits: bool):

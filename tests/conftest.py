@@ -43,7 +43,8 @@ def compiled(model_dir, tmp_path_factory):
         key = (preset, dtype, weight_dtype, max_context, prefill_chunk)
         if key not in made:
             out = tmp_path_factory.mktemp("vkmod") / f"{preset}.vkmod"
-            compile_model(model_dir(preset, dtype), out, LowerOptions(weight_dtype, max_context, prefill_chunk), log=log)
+            opts = LowerOptions(weight_dtype, max_context, prefill_chunk)
+            compile_model(model_dir(preset, dtype), out, opts, log=log)
             made[key] = out
         return made[key]
 

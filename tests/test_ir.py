@@ -30,7 +30,8 @@ def test_decode_graph_counts(cfg06):
     assert len(mm) - len(weight_mm) == 28 * 2  # QK^T and PV per layer
     assert len(g.by_op("rms_norm")) == 28 * 4 + 1  # input, post-attn, q_norm, k_norm; final norm
     assert len(g.by_op("rope")) == 56 and len(g.by_op("kv_cache_write")) == 56
-    assert "%layers.0.q_proj: float32[1,2048] = matmul(%layers.0.attn_norm, %layers.0.self_attn.q_proj.weight, transpose_b=True)" in text
+    assert ("%layers.0.q_proj: float32[1,2048] = matmul(%layers.0.attn_norm, %layers.0.self_attn.q_proj.weight, "
+            "transpose_b=True)") in text
     assert "%lm_head: float32[1,151936]" in text
     assert all(n.shape[0] == 1 for n in weight_mm)
 

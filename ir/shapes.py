@@ -10,25 +10,10 @@ from __future__ import annotations
 Dim = int | str
 Shape = tuple[Dim, ...]
 
-SYMBOLS = ("seq", "total", "ctx")
-
-
-def is_symbolic(d: Dim) -> bool:
-    return isinstance(d, str)
-
 
 def resolve(shape: Shape, dims: dict[str, int]) -> tuple[int, ...]:
     """Concrete shape for the given values of the symbolic dims."""
     return tuple(d if isinstance(d, int) else dims[d] for d in shape)
-
-
-def numel(shape: Shape, dims: dict[str, int] | None = None) -> int:
-    n = 1
-    for d in resolve(shape, dims or {}) if dims is not None else shape:
-        if not isinstance(d, int):
-            raise ValueError(f"numel of symbolic shape {shape} needs dim values")
-        n *= d
-    return n
 
 
 def fmt(shape: Shape) -> str:

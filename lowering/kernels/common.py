@@ -26,9 +26,6 @@ def placeholder(shape: Shape, dtype: str, name: str, v: dict[str, tirx.Var], ctx
     return te.placeholder(te_shape(shape, v, ctx), dtype, name=name)
 
 
-def storage_dtype(n: Node) -> str:
-    return n.dtype
-
 
 def shape_key(n: Node) -> str:
     return f"{n.dtype}[{','.join(map(str, n.shape))}]"
@@ -42,10 +39,3 @@ def numel_expr(shape: Shape, ctx: int) -> str:
 def bytes_expr(nodes: list[Node], ctx: int) -> str:
     return " + ".join(f"{DTYPE_BYTES.get(n.dtype, 4)}*{numel_expr(n.shape, ctx)}" for n in nodes) or "0"
 
-
-def source(g: Graph, name: str) -> Node:
-    """The node whose buffer holds tensor ``name``: reshapes are looked through (same bytes)."""
-    n = g[name]
-    while n.op == "reshape":
-        n = g[n.inputs[0]]
-    return n

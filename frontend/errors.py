@@ -7,6 +7,7 @@ Bugs still raise ordinary exceptions, so they keep their tracebacks.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -25,5 +26,8 @@ def cli_main(main: Callable[[list[str] | None], int | None]) -> Callable[[list[s
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # `... | head`: the reader left; stop quietly like other Unix tools
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
 
     return wrapped

@@ -19,7 +19,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # tiny: GQA 2, tied, odd vocab
     "tiny": dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, vocab_size=389, tie_word_embeddings=True,
-                 max_position_embeddings=512),
+                 max_position_embeddings=2048),
     # tiny-mha: GQA 1 (plain multi-head), untied lm_head
     "tiny-mha": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=4, head_dim=16, vocab_size=300, tie_word_embeddings=False,

@@ -13,6 +13,9 @@ class Progress:
         self.t0 = time.perf_counter()
         self._last = 0.0
         self._tty = getattr(self.stream, "isatty", lambda: False)()
+        if not self._tty:  # logs get a start line and a line per quarter instead of a redrawn bar
+            self.stream.write(f"{label}: {self.total} to do\n")
+            self.stream.flush()
 
     def step(self, k: int = 1) -> None:
         self.n += k
@@ -22,6 +25,9 @@ class Progress:
             width = 30
             fill = int(width * self.n / self.total)
             self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.n}/{self.total}")
+            self.stream.flush()
+        elif not self._tty and self.n < self.total and self.n * 4 // self.total > (self.n - k) * 4 // self.total:
+            self.stream.write(f"{self.label}: {self.n}/{self.total}\n")
             self.stream.flush()
 
     def done(self) -> None:

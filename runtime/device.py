@@ -58,16 +58,7 @@ def open_device(which: str | None = None, required: dict[str, Any] | None = None
         adapter = sorted(adapters, key=lambda a: rank.get(a.info.get("adapter_type", ""), 2))[0]
     features = set(adapter.features)
     limits = dict(adapter.limits)
-    req = required or {}
-    missing = [f for f in req.get("features", []) if f not in features]
-    if missing:
-        raise UserError(f"adapter '{adapter.info.get('device')}' lacks required feature(s) {missing}; "
-                        "recompile with --weight-dtype f32 to run without shader-f16")
-    for key, need in req.get("limits", {}).items():
-        have = limits.get(key)
-        if have is not None and have < need:
-            raise UserError(f"adapter '{adapter.info.get('device')}' limit {key} is {have}, the module needs "
-                            f"{need}; recompile with a smaller --max-context / --prefill-chunk")
+    check_adapter(adapter.info.get("device", "?"), features, limits, required or {})
     ts = want_timestamps and "timestamp-query" in features
     wanted = [f for f in ("shader-f16", "timestamp-query") if f in features and (f != "timestamp-query" or ts)]
     raise_limits = {k: limits[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
@@ -78,6 +69,20 @@ def open_device(which: str | None = None, required: dict[str, Any] | None = None
     device = adapter.request_device_sync(required_features=wanted, required_limits=raise_limits)
     return Device(adapter, device, adapter.info.get("device", "?"), features, limits, ts,
                   adapter.info.get("adapter_type") == "CPU")
+
+
+def check_adapter(name: str, features: set[str], limits: dict[str, int], required: dict[str, Any]) -> None:
+    """Refuse, with the fix in the message, an adapter that lacks what the module was compiled for.
+    (A missing ``timestamp-query`` is not an error: profiling falls back to CPU timing.)"""
+    missing = [f for f in required.get("features", []) if f not in features]
+    if missing:
+        raise UserError(f"adapter '{name}' lacks required feature(s) {missing}; recompile with --weight-dtype f32 "
+                        "to run without shader-f16")
+    for key, need in required.get("limits", {}).items():
+        have = limits.get(key)
+        if have is not None and have < need:
+            raise UserError(f"adapter '{name}' limit {key} is {have}, the module needs {need}; recompile with a "
+                            "smaller --max-context / --prefill-chunk")
 
 
 def wait_idle(device: Any) -> None:

@@ -66,6 +66,7 @@ class Executor:
         self.weights = weights or WeightStore(model_dir, self.cfg)
         self.verbose = verbose
         self.live_buffers = 0
+        self.allocated_bytes = 0
         S = wgpu.BufferUsage.STORAGE
         self._usage = S | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
         self.programs = {n: KernelProgram(self.device, n, m, module.wgsl[n])
@@ -84,15 +85,25 @@ class Executor:
 
     # setup --------------------------------------------------------------------------------
     def _buffer(self, size: int, label: str, usage: int | None = None, data: np.ndarray | None = None) -> Any:
+        """Every GPU allocation goes through here, so running out of memory names the buffer, what it
+        needed and what was already allocated, instead of a driver error (or a crash later)."""
+        size = _align(data.nbytes if data is not None else size)
+        limit = self.dev.limits.get("max-buffer-size")
+        if limit is not None and size > limit:
+            raise UserError(f"GPU buffer {label} needs {size / 2**20:.1f} MiB but '{self.dev.name}' allows at most "
+                            f"{limit / 2**20:.1f} MiB per buffer; try a smaller --max-context")
         try:
             if data is not None:
                 buf = self.device.create_buffer_with_data(data=data, usage=usage or self._usage, label=label)
             else:
-                buf = self.device.create_buffer(size=_align(size), usage=usage or self._usage, label=label)
+                buf = self.device.create_buffer(size=size, usage=usage or self._usage, label=label)
         except Exception as e:  # noqa: BLE001 - out of GPU memory surfaces as a wgpu error
-            raise UserError(f"GPU allocation of {size / 2**20:.1f} MiB for {label} failed on "
-                            f"'{self.dev.name}' ({str(e).splitlines()[0]}); try a smaller --max-context") from None
+            raise UserError(f"out of GPU memory on '{self.dev.name}': {label} needs {size / 2**20:.1f} MiB with "
+                            f"{self.allocated_bytes / 2**20:.1f} MiB already allocated "
+                            f"({str(e).splitlines()[0][:100]}); try a smaller --max-context or "
+                            "--weight-dtype f16") from None
         self.live_buffers += 1
+        self.allocated_bytes += size
         return buf
 
     def _upload_weights(self) -> None:
@@ -209,8 +220,12 @@ class Executor:
     def _queries(self, n: int):
         if self.query_set is None or self.query_set.count < 2 * n:
             wgpu = self.wgpu
-            self.query_set = self.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * n)
             U = wgpu.BufferUsage
+            if self.query_set is not None:  # grow: free the smaller ones
+                for b in (self.query_buf, self.query_read):
+                    b.destroy()
+                self.live_buffers -= 2
+            self.query_set = self.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * n)
             self.query_buf = self._buffer(16 * n, "timestamps", U.QUERY_RESOLVE | U.COPY_SRC)
             self.query_read = self._buffer(16 * n, "timestamps_read", U.MAP_READ | U.COPY_DST)
         return self.query_set

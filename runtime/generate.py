@@ -38,6 +38,10 @@ def _args(argv):
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
+    try:
+        a.prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # undecodable argv bytes arrive as lone surrogates
+        raise UserError(f"--prompt is not valid UTF-8 (bad byte at character {e.start}); pass UTF-8 text") from None
     from runtime.api import load
     from runtime.sampling import SamplingParams
     from runtime.text import apply_chat_template, generation_defaults, stop_ids

@@ -4,7 +4,8 @@
 
 Measures prefill tok/s (prompts 128 and 512), decode tok/s (128 new tokens after a 128-token
 prompt, and at context 1024), medians of --runs after a warm-up; the per-op profile of a decode
-step against ceilings measured in the same run (device copy bandwidth); and HF transformers on
+step, and a roofline table per kernel class against ceilings measured in the same run (the
+module's vec4 copy kernel, and its largest prefill GEMM, each timed alone); and HF transformers on
 the same weights and device (CUDA when torch sees it, else CPU). Prints ratios, appends one JSON
 line per metric to benchmarks/results.jsonl.
 """
@@ -24,27 +25,69 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime import load  # noqa: E402
-from runtime.device import wait_idle  # noqa: E402
 from runtime.profile import report  # noqa: E402
 
 
-def copy_bandwidth(model, mb: int = 256, reps: int = 10) -> float:
-    """Device-to-device copy GB/s (bytes read + written), the memory ceiling for this run."""
-    import wgpu
+def _timer(model, name: str, sizes: list[int], seq: int, total: int):
+    from runtime.kernel import KernelProgram
+    from runtime.microbench import KernelTimer
 
-    dev = model.device.device
-    n = mb << 20
-    usage = wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.STORAGE
-    a, b = dev.create_buffer(size=n, usage=usage), dev.create_buffer(size=n, usage=usage)
-    times = []
-    for _ in range(reps + 1):
-        enc = dev.create_command_encoder()
-        enc.copy_buffer_to_buffer(a, 0, b, 0, n)
-        t0 = time.perf_counter()
-        dev.queue.submit([enc.finish()])
-        wait_idle(dev)
-        times.append(time.perf_counter() - t0)
-    return 2 * n / statistics.median(times[1:]) / 1e9
+    kernels, wgsl = model.module.manifest["kernels"], model.module.wgsl
+    return KernelTimer(model.device, KernelProgram(model.device.device, name, kernels[name], wgsl[name]), sizes,
+                       seq, total)
+
+
+def copy_ceiling(model) -> float:
+    """GB/s (bytes read + written) of the module's vec4 copy kernel over the largest buffer one
+    binding allows (<= 256 MiB), timed with timestamps like every other kernel."""
+    limit = model.device.limits.get("max-storage-buffer-binding-size", 128 << 20)
+    n = min(limit, 256 << 20) // 16
+    timer = _timer(model, model.module.manifest["calibration"]["copy"], [16 * n, 16 * n], 1, n)
+    t = timer.seconds(reps=20)
+    timer.destroy()
+    return 32 * n / t / 1e9
+
+
+def gemm_ceiling(model) -> tuple[float, str]:
+    """GFLOP/s of the module's largest prefill GEMM (a full prefill chunk), timed alone."""
+    from runtime.tune import _arg_bytes
+
+    plan = model.module.manifest["phases"]["prefill"]
+    seq = model.executor.chunk
+    env = {"__builtins__": {}}
+    gemms = [d for d in plan["dispatches"] if d["kclass"] == "gemm"]
+    d = max(gemms, key=lambda d: eval(d["flops"], env, {"seq": seq, "total": seq}))  # noqa: S307
+    timer = _timer(model, d["kernel"], _arg_bytes(plan, d["args"], seq, seq, model.max_context), seq, seq)
+    t = timer.seconds(reps=10)
+    timer.destroy()
+    return eval(d["flops"], env, {"seq": seq, "total": seq}) / t / 1e9, f"{d['node']} seq={seq}"  # noqa: S307
+
+
+def roofline(profiles, plans, phase: str, copy_gb_s: float, gemm_gflop_s: float) -> tuple[str, dict]:
+    """Per kernel class: share of the step, achieved GB/s and GFLOP/s, and their fraction of the
+    ceilings measured in this run."""
+    steps = [p for p in profiles if p.phase == phase]
+    times = np.mean([p.times for p in steps], axis=0)
+    seq, total = steps[-1].seq, steps[-1].total
+    env = {"__builtins__": {}}
+    agg: dict[str, list[float]] = {}
+    for d, t in zip(plans[phase]["dispatches"], times, strict=True):
+        a = agg.setdefault(d["kclass"], [0.0, 0.0, 0.0, 0])
+        a[0] += t
+        a[1] += eval(d["bytes"], env, {"seq": seq, "total": total})  # noqa: S307
+        a[2] += eval(d["flops"], env, {"seq": seq, "total": total})  # noqa: S307
+        a[3] += 1
+    step = float(times.sum())
+    lines = [f"== roofline: {phase} seq={seq} total={total}; ceilings: copy {copy_gb_s:.0f} GB/s, "
+             f"GEMM {gemm_gflop_s:.0f} GFLOP/s",
+             f"{'class':14} {'n':>5} {'time us':>9} {'%':>6} {'GB/s':>8} {'%copy':>6} {'GFLOP/s':>9} {'%gemm':>6}"]
+    out = {}
+    for k, (t, b, f, n) in sorted(agg.items(), key=lambda kv: -kv[1][0]):
+        gbs, gfs = b / t / 1e9, f / t / 1e9
+        out[k] = {"time_s": t, "gb_s": gbs, "gflop_s": gfs}
+        lines.append(f"{k:14} {n:>5} {t * 1e6:>9.1f} {100 * t / step:>6.1f} {gbs:>8.1f} {100 * gbs / copy_gb_s:>6.1f} "
+                     f"{gfs:>9.1f} {100 * gfs / gemm_gflop_s:>6.1f}")
+    return "\n".join(lines), out
 
 
 def time_prefill(model, n: int, runs: int) -> float:
@@ -141,28 +184,31 @@ def main() -> int:
     dev_name = model.device.name
     wdtype = model.module.options["weight_dtype"]
     metrics: dict[str, float] = {}
-    metrics["copy_gb_s"] = copy_bandwidth(model)
+    metrics["copy_gb_s"] = copy_ceiling(model)
+    metrics["gemm_ceiling_gflop_s"], gemm_what = gemm_ceiling(model)
+    print(f"ceilings: copy {metrics['copy_gb_s']:.1f} GB/s; GEMM {metrics['gemm_ceiling_gflop_s']:.1f} GFLOP/s "
+          f"({gemm_what})")
     for n in (128, 512):
         if n <= ctx:
             metrics[f"prefill{n}_tok_s"] = time_prefill(model, n, a.runs)
     metrics["decode_tok_s"] = time_decode(model, 128, a.new, a.runs)
     if 1024 + 32 <= ctx:
         metrics["decode_ctx1024_tok_s"] = time_decode(model, 1024, 32, a.runs)
-    # per-op profile of decode steps at context 128
+    # per-op profile of a 128-token prefill and decode steps at context 128
     list(model.generate(list(range(1, 129)), 8, profile=True))
     prof = model.last_stats.profiles
     plans = model.module.manifest["phases"]
     print(report(prof, plans, "decode"))
+    for phase in ("prefill", "decode"):
+        table, by_class = roofline(prof, plans, phase, metrics["copy_gb_s"], metrics["gemm_ceiling_gflop_s"])
+        print(table)
+        if phase == "decode":
+            metrics["gemv_gb_s"] = by_class["gemv"]["gb_s"]
+            metrics["gemv_bw_frac"] = metrics["gemv_gb_s"] / metrics["copy_gb_s"]
+        else:
+            metrics["prefill_gemm_gflop_s"] = by_class["gemm"]["gflop_s"]
     dec = [p for p in prof if p.phase == "decode"]
     times = np.mean([p.times for p in dec], axis=0)
-    seq, total = dec[-1].seq, dec[-1].total
-    gemv_bytes = gemv_time = 0.0
-    for d, t in zip(plans["decode"]["dispatches"], times, strict=True):
-        if d["kclass"] == "gemv":
-            gemv_bytes += eval(d["bytes"], {"__builtins__": {}}, {"seq": seq, "total": total})  # noqa: S307
-            gemv_time += t
-    metrics["gemv_gb_s"] = gemv_bytes / gemv_time / 1e9
-    metrics["gemv_bw_frac"] = metrics["gemv_gb_s"] / metrics["copy_gb_s"]
     layer0 = [d for d in plans["decode"]["dispatches"] if d["node"].startswith("layers.0.")]
     metrics["dispatches_per_layer"] = len(layer0)
     metrics["dispatches_per_token"] = len(plans["decode"]["dispatches"])

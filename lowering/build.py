@@ -20,9 +20,9 @@ import tvm
 from lowering.kernels.spec import KernelSpec
 from lowering.schedule import apply_rule, rules_for
 
-SCHEDULE_VERSION = "1"
+SCHEDULE_VERSION = "2"
 SCALARS = ("seq", "total")
-_BIND_RE = re.compile(r"@binding\((\d+)\) var<storage, (read|read_write)> (\w+) : array<(\w+)>")
+_BIND_RE = re.compile(r"@binding\((\d+)\) var<storage, (read|read_write)> (\w+) : array<([\w<>]+)>")
 _POD_RE = re.compile(r"struct PODArgs \{([^}]*)\}")
 _WG_RE = re.compile(r"@workgroup_size\((\d+), (\d+), (\d+)\)")
 _ENTRY_RE = re.compile(r"fn (\w+)\(\s*@builtin")
@@ -66,13 +66,17 @@ def _launch_extents(func) -> dict[str, str]:
     return extents
 
 
-def _parse(spec: KernelSpec, name: str, src: str, extents: dict[str, str], rule: str) -> Kernel:
+def _parse(spec: KernelSpec, name: str, src: str, func, rule: str) -> Kernel:
+    """Launch metadata from the WGSL and the scheduled ``func`` (whose buffer params, in order, are
+    the spec's args)."""
+    extents = _launch_extents(func)
+    param_names = [p.name for p in func.params if p.name not in SCALARS]
     start = src.find("enable f16;") if "enable f16;" in src else src.find("@group")
     wgsl = src[start:] if start >= 0 else src
     entries = _ENTRY_RE.findall(wgsl)
     if len(entries) != 1:
         raise RuntimeError(f"kernel {spec.key}: expected one WGSL entry point, got {entries}")
-    names = {f"{p}{suffix}": i for i, p in enumerate(spec.param_names) for suffix in ("", "_ptr")}
+    names = {f"{p}{suffix}": i for i, p in enumerate(param_names) for suffix in ("", "_ptr")}
     bindings = []
     for slot, access, var, ty in _BIND_RE.findall(wgsl):
         if var not in names:
@@ -96,12 +100,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QWEN3VK_CACHE", Path.home() / ".cache" / "qwen3-vk")) / "kernels"
 
 
-def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True) -> tuple[Kernel, bool]:
-    """Returns the kernel and whether it came from the on-disk cache."""
+def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True, first_variant_only: bool = False
+                 ) -> tuple[Kernel, bool]:
+    """Returns the kernel and whether it came from the on-disk cache. Tries the spec's scheduled
+    variants in order, then the dlight rules of its class (unless ``first_variant_only``)."""
     func = spec.build()
-    spec.param_names = [p.name for p in func.params if p.name not in SCALARS]
     script = func.script()
-    digest = hashlib.sha256(f"{tvm.__version__}|{SCHEDULE_VERSION}|{spec.kclass}|{script}".encode()).hexdigest()
+    variants = [v for v, _ in spec.variants][:1 if first_variant_only else None]
+    digest = hashlib.sha256(f"{tvm.__version__}|{SCHEDULE_VERSION}|{spec.kclass}|{variants}|{script}".encode()
+                            ).hexdigest()
     path = cache_dir() / f"{digest[:40]}.json"
     if use_cache and path.is_file():
         try:
@@ -113,16 +120,21 @@ def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True) -> tuple[K
     target = tvm.target.Target("webgpu", host="llvm")
     kernel = None
     errors = []
-    for rule in rules_for(spec.kclass):  # the first rule that schedules *and* builds wins
+    attempts = [(v, b, True) for v, b in spec.variants]
+    if first_variant_only:
+        attempts = attempts[:1]
+    else:
+        attempts += [(r, spec.build, False) for r in rules_for(spec.kclass)]
+    for rule, builder, prescheduled in attempts:  # the first that schedules *and* builds wins
         try:
             # a fresh module per attempt: a rule that fails half-way can leave its input modified
-            mod = tvm.IRModule({name: spec.build().with_attr("global_symbol", name)})
-            scheduled = apply_rule(mod, rule, target)
+            mod = tvm.IRModule({name: builder().with_attr("global_symbol", name)})
+            scheduled = mod if prescheduled else apply_rule(mod, rule, target)
             if scheduled is None:
                 continue
             with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
                 ex = tvm.tirx.build(scheduled, target=target)
-            kernel = _parse(spec, name, ex.imports[0].inspect_source(), _launch_extents(scheduled[name]), rule)
+            kernel = _parse(spec, name, ex.imports[0].inspect_source(), scheduled[name], rule)
             break
         except Exception as e:  # noqa: BLE001 - a rule that cannot handle this shape: try the next
             errors.append(f"{rule}: {str(e).strip().splitlines()[0][:160]}")

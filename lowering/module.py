@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from ir.ops import LEAF_OPS, VIEW_OPS
 from ir.serialize import to_json
 from lowering.build import Kernel, build_kernel
 from lowering.errors import LoweringError
+from lowering.kernels.calibration import COPY_KERNEL, copy_spec
 from lowering.kernels.spec import KernelSpec, LowerOptions, spec_for
 from lowering.pipeline import lower
 from lowering.plan import plan_memory, storage_root
@@ -95,13 +97,28 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
         plan["outputs"] = {n.attrs["name"]: storage_root(g, n.name) for n in g.by_op("output")}
         plans[phase] = plan
     kernels: dict[str, Kernel] = {}
-    progress = Progress("building kernels", len(specs))
+    alternates: dict[str, list[str]] = {}
+    progress = Progress("building kernels", sum(max(1, len(s.variants)) for s in specs.values()))
     cached = 0
     for key, spec in specs.items():
         k, hit = build_kernel(spec, names[key], use_cache)
         kernels[k.name] = k
         cached += hit
         progress.step()
+        # the other schedules of this kernel, for on-device tuning (python -m runtime.tune)
+        for i, (vname, builder) in enumerate(v for v in spec.variants if v[0] != k.rule):
+            try:
+                alt, hit = build_kernel(replace(spec, variants=[(vname, builder)]), f"{k.name}.v{i + 1}", use_cache,
+                                        first_variant_only=True)
+            except RuntimeError:
+                continue  # that schedule does not build for this shape: not a candidate
+            finally:
+                progress.step()
+            kernels[alt.name] = alt
+            alternates.setdefault(k.name, []).append(alt.name)
+            cached += hit
+    calib, _ = build_kernel(copy_spec(), COPY_KERNEL, use_cache, first_variant_only=True)
+    kernels[calib.name] = calib
     progress.done()
     for plan in plans.values():
         for d in plan["dispatches"]:
@@ -116,8 +133,10 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
         "options": {"weight_dtype": opts.weight_dtype, "max_context": opts.max_context,
                     "prefill_chunk": opts.prefill_chunk, "max_binding_bytes": opts.max_binding_bytes},
         "requires": _requirements(kernels, plans, opts, cfg),
-        "kernels": {name: {**k.to_json(), "file": f"kernels/{name}.wgsl"} for name, k in kernels.items()},
+        "kernels": {name: {**k.to_json(), "file": f"kernels/{name}.wgsl", "alternates": alternates.get(name, [])}
+                    for name, k in kernels.items()},
         "phases": plans,
+        "calibration": {"copy": COPY_KERNEL},
     }
     with atomic_dir(out, force) as tmp:
         (tmp / "graphs").mkdir()

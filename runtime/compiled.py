@@ -10,6 +10,7 @@ from typing import Any
 from frontend.errors import UserError
 
 FORMAT_VERSION = 1
+TUNING_FILE = "tuning.json"
 
 
 @dataclass
@@ -54,4 +55,25 @@ def load_compiled(path: str | Path) -> CompiledModule:
     for phase in ("prefill", "decode"):
         if phase not in phases:
             raise UserError(f"{mf}: no '{phase}' plan in the manifest")
+    _apply_tuning(path / TUNING_FILE, manifest)
     return CompiledModule(path, manifest, wgsl)
+
+
+def _apply_tuning(path: Path, manifest: dict[str, Any]) -> None:
+    """``tuning.json`` (written by ``python -m runtime.tune``) picks, per kernel, the schedule that
+    measured fastest on a device; every dispatch of that kernel then uses the chosen alternate."""
+    if not path.is_file():
+        return
+    try:
+        tuning = json.loads(path.read_text())
+        choices = tuning["choices"]
+        for main, alt in choices.items():
+            if alt != main and alt not in manifest["kernels"][main]["alternates"]:
+                raise KeyError(alt)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: corrupt or stale tuning ({type(e).__name__}: {e}); delete it or rerun "
+                        "python -m runtime.tune") from None
+    manifest["tuned_on"] = tuning.get("device")
+    for plan in manifest["phases"].values():
+        for d in plan["dispatches"]:
+            d["kernel"] = choices.get(d["kernel"], d["kernel"])

@@ -69,8 +69,9 @@ class Executor:
         self.allocated_bytes = 0
         S = wgpu.BufferUsage.STORAGE
         self._usage = S | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
-        self.programs = {n: KernelProgram(self.device, n, m, module.wgsl[n])
-                         for n, m in module.manifest["kernels"].items()}
+        used = {d["kernel"] for plan in module.manifest["phases"].values() for d in plan["dispatches"]}
+        self.programs = {n: KernelProgram(self.device, n, module.manifest["kernels"][n], module.wgsl[n])
+                         for n in sorted(used)}
         self.shared: dict[str, Any] = {}
         self._upload_weights()
         self.ids = self._buffer(_align(4 * max(self.chunk, 1)), "input_ids")

@@ -94,3 +94,30 @@ def test_every_kernel_against_numpy(compiled, wdtype, tol):
         assert np.isfinite(got).all() and err <= tol, f"{key} ({node.name}) seq={seq} total={total}: rel err {err:.2e}"
         covered.add(d["kclass"])
     assert covered == KCLASSES
+
+
+@pytest.mark.parametrize("wdtype", ["float32", "float16"])
+def test_every_gemv_variant_against_numpy(wdtype):
+    """Each schedule the tuner may pick, on shapes with row and K tails, with and without the residual."""
+    from lowering.build import build_kernel
+    from lowering.kernels import gemv
+    from lowering.kernels.spec import KernelSpec
+
+    dev = open_device()
+    rng = np.random.default_rng(1)
+    for n, k, res in ((389, 64, False), (64, 160, True), (3, 1028, False)):
+        a = rng.standard_normal((1, k)).astype(np.float32)
+        w = rng.standard_normal((n, k)).astype(_NP[wdtype])
+        r = rng.standard_normal((1, n)).astype(np.float32)
+        expected = a.astype(np.float64) @ w.astype(np.float64).T + (r if res else 0)
+        for ts, tr in gemv.VARIANTS:
+            name = gemv.variant_name(ts, tr)
+            builder = gemv.gemv_func(n, k, wdtype, res, ts, tr)
+            spec = KernelSpec(f"t{n}x{k}", "gemv", builder, ["a", "w", *(["r"] if res else []), "c"],
+                              [3 if res else 2], variants=[(name, builder)])
+            kern, _ = build_kernel(spec, "gemv_test", use_cache=False)
+            assert kern.rule == name
+            arrays = [a, w, *([r] if res else []), np.full((1, n), np.nan, np.float32)]
+            got = KernelLauncher(dev.device, name, kern.to_json(), kern.wgsl)(arrays, 1, 1)[-1]
+            err = np.abs(got - expected).max() / np.abs(expected).max()
+            assert err < 1e-5, f"{name} {n}x{k} res={res}: rel err {err:.1e}"

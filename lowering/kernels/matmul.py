@@ -7,6 +7,7 @@ from __future__ import annotations
 from tvm import te
 
 from ir.graph import Graph, Node
+from lowering.kernels import gemv
 from lowering.kernels.common import bytes_expr, dim_vars, numel_expr, placeholder, shape_key, te_shape
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 
@@ -34,8 +35,14 @@ def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
 
     key = f"matmul_w:{shape_key(a)}x{shape_key(w)}" + (":res" if res is not None else "")
     moved = [a, w, node] + ([res] if res is not None else [])
-    return KernelSpec(key, node.attrs["kernel_class"], build, [*node.inputs, node.name], [len(node.inputs)],
+    spec = KernelSpec(key, node.attrs["kernel_class"], build, [*node.inputs, node.name], [len(node.inputs)],
                       flops=f"2*{numel_expr(node.shape, ctx)}*{K}", bytes=bytes_expr(moved, ctx))
+    if spec.kclass == "gemv" and a.shape[0] == 1 and K % 4 == 0:
+        N = w.shape[0]
+        order = sorted(gemv.VARIANTS, key=lambda v: gemv.variant_name(*v) != opts.tuned(key))
+        spec.variants = [(gemv.variant_name(ts, tr), gemv.gemv_func(N, K, w.dtype, res is not None, ts, tr))
+                         for ts, tr in order]
+    return spec
 
 
 def _attention_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:

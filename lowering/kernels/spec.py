@@ -14,6 +14,10 @@ class LowerOptions:
     max_context: int = 4096  # KV cache capacity (tokens)
     prefill_chunk: int = 256  # longest prompt piece one prefill step takes
     max_binding_bytes: int = 128 * 1024 * 1024  # weights above this are split (lavapipe's limit)
+    tuning: tuple[tuple[str, str], ...] = ()  # (kernel key, schedule name) measured best on a device
+
+    def tuned(self, key: str) -> str | None:
+        return dict(self.tuning).get(key)
 
 
 @dataclass
@@ -25,7 +29,8 @@ class KernelSpec:
     writes: list[int] = field(default_factory=list)  # indices into args the kernel writes
     flops: str = "0"  # expression of seq/total: floating point ops of one launch (for the profiler)
     bytes: str = "0"  # expression of seq/total: bytes moved by one launch, each tensor once
-    param_names: list[str] = field(default_factory=list)  # PrimFunc buffer names, filled at build
+    # explicitly scheduled TIR builders (name, builder), tried in order before the dlight rules
+    variants: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
 
 
 Generator = Callable[[Node, Graph, LowerOptions], KernelSpec]

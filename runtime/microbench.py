@@ -1,0 +1,80 @@
+"""Time one kernel alone on the GPU with timestamp queries (tuning, roofline ceilings).
+
+A weight read repeatedly from one buffer would be served from the GPU's L2 cache after the first
+launch and look faster than memory allows, so the read-only buffers are replicated until the
+rotating set is larger than ``rotate_bytes`` and each launch reads the next copy.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import numpy as np
+
+from runtime.device import Device
+from runtime.kernel import POD_BYTES, KernelProgram
+
+ROTATE_BYTES = 256 << 20
+
+
+class KernelTimer:
+    def __init__(self, dev: Device, program: KernelProgram, sizes: list[int], seq: int, total: int,
+                 rotate_bytes: int = ROTATE_BYTES, seed: int = 0) -> None:
+        """``sizes``: bytes of each kernel arg (spec order); read-only args are filled with small
+        random values and replicated, written args get one buffer each."""
+        import wgpu
+
+        if not dev.has_timestamps:
+            raise RuntimeError("timing kernels needs the timestamp-query feature")
+        self.dev, self.program, self.wgpu = dev, program, wgpu
+        d = dev.device
+        usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
+        written = {b["arg"] for b in program.bindings if b["write"]}
+        read_bytes = sum(s for i, s in enumerate(sizes) if i not in written)
+        copies = max(1, min(16, rotate_bytes // max(read_bytes, 1)))
+        rng = np.random.default_rng(seed)
+        self.buffers: list[list[Any]] = []
+        for i, size in enumerate(sizes):
+            size = (size + 15) // 16 * 16
+            n = 1 if i in written else copies
+            # uniform [0, 1/64) as f16 bit patterns or f32: finite for either interpretation
+            data = (rng.random(size // 2, dtype=np.float32) / 64).astype(np.float16).tobytes()
+            self.buffers.append([d.create_buffer_with_data(data=data, usage=usage) for _ in range(n)])
+        self.grid, pod = program.launch(seq, total)
+        self.pod = d.create_buffer_with_data(data=pod.tobytes().ljust(POD_BYTES, b"\0"),
+                                             usage=wgpu.BufferUsage.UNIFORM)
+        self.groups = [program.bind_group(d, [bufs[c % len(bufs)] for bufs in self.buffers], self.pod, 0)
+                       for c in range(copies)]
+        self.qs = d.create_query_set(type=wgpu.QueryType.timestamp, count=2)
+        self.resolve = d.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+        self.read = d.create_buffer(size=16, usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
+
+    def seconds(self, reps: int = 50, trials: int = 5) -> float:
+        """Median over ``trials`` of the mean GPU time of one launch in a pass of ``reps`` launches."""
+        wgpu, d = self.wgpu, self.dev.device
+        out = []
+        for _ in range(trials + 1):
+            enc = d.create_command_encoder()
+            cp = enc.begin_compute_pass(timestamp_writes={"query_set": self.qs, "beginning_of_pass_write_index": 0,
+                                                          "end_of_pass_write_index": 1})
+            cp.set_pipeline(self.program.pipeline)
+            for r in range(reps):
+                cp.set_bind_group(0, self.groups[r % len(self.groups)])
+                cp.dispatch_workgroups(*self.grid)
+            cp.end()
+            enc.resolve_query_set(self.qs, 0, 2, self.resolve, 0)
+            enc.copy_buffer_to_buffer(self.resolve, 0, self.read, 0, 16)
+            d.queue.submit([enc.finish()])
+            self.read.map_sync(wgpu.MapMode.READ)
+            t = np.frombuffer(self.read.read_mapped(), np.uint64).astype(np.float64)
+            self.read.unmap()
+            out.append((t[1] - t[0]) * 1e-9 / reps)
+        return statistics.median(out[1:])
+
+    def destroy(self) -> None:
+        for bufs in self.buffers:
+            for b in bufs:
+                b.destroy()
+        for b in (self.pod, self.resolve, self.read):
+            b.destroy()

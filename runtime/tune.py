@@ -1,0 +1,92 @@
+"""``python -m runtime.tune COMPILED_DIR``: pick each kernel's fastest schedule on this GPU.
+
+The compiler builds several schedules of each GEMV (``vec4-gemv(ts=..,tr=..)``: rows per
+workgroup, threads per row); which is fastest depends on the GPU and the shape. This times every
+candidate alone on the device (timestamp queries, weights rotated past the L2 cache), prints the
+table, and writes ``tuning.json`` into the module; later loads use the chosen schedules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from frontend.errors import UserError, cli_main
+from ir.shapes import resolve
+
+
+def _arg_bytes(plan: dict, args: list[str], seq: int, total: int, ctx: int) -> list[int]:
+    sizes = []
+    for a in args:
+        t = plan["tensors"][a]
+        shape = resolve(tuple(t["shape"]), {"seq": seq, "total": total, "ctx": ctx})
+        if t["kind"] == "weight" and t.get("rows"):
+            shape = (t["rows"][1] - t["rows"][0], *shape[1:])
+        n = 1
+        for s in shape:
+            n *= s
+        sizes.append(n * (2 if t["dtype"] == "float16" else 4))
+    return sizes
+
+
+def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict:
+    from runtime.compiled import TUNING_FILE, load_compiled
+    from runtime.device import open_device
+    from runtime.kernel import KernelProgram
+    from runtime.microbench import KernelTimer
+
+    (compiled_dir / TUNING_FILE).unlink(missing_ok=True)  # measure every candidate, not a previous choice
+    module = load_compiled(compiled_dir)
+    dev = open_device(adapter, module.manifest["requires"])
+    if not dev.has_timestamps:
+        raise UserError(f"adapter '{dev.name}' has no timestamp queries; tuning needs them")
+    kernels = module.manifest["kernels"]
+    ctx = module.options["max_context"]
+    plan = module.manifest["phases"]["decode"]
+    choices, table = {}, {}
+    print(f"tuning on {dev.name}")
+    for d in plan["dispatches"]:
+        main = d["kernel"]
+        if main in table or not kernels[main].get("alternates"):
+            continue
+        seq, total = 1, min(128, ctx)
+        sizes = _arg_bytes(plan, d["args"], seq, total, ctx)
+        moved = eval(d["bytes"], {"__builtins__": {}}, {"seq": seq, "total": total})  # noqa: S307
+        rows = {}
+        for name in [main, *kernels[main]["alternates"]]:
+            prog = KernelProgram(dev.device, name, kernels[name], module.wgsl[name])
+            timer = KernelTimer(dev, prog, sizes, seq, total)
+            t = timer.seconds(reps)
+            timer.destroy()
+            rows[name] = {"rule": kernels[name]["rule"], "us": t * 1e6, "gb_s": moved / t / 1e9}
+        best = min(rows, key=lambda n: rows[n]["us"])
+        choices[main] = best
+        table[main] = rows
+        print(f"{main} ({d['node']}, {moved / 2**20:.1f} MiB):")
+        for name, r in sorted(rows.items(), key=lambda kv: kv[1]["us"]):
+            print(f"  {r['rule']:28} {r['us']:9.1f} us {r['gb_s']:8.1f} GB/s{'  <- chosen' if name == best else ''}")
+    out = {"device": dev.name, "choices": choices, "measurements": table}
+    tmp = compiled_dir / f".{TUNING_FILE}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(compiled_dir / TUNING_FILE)
+    print(f"wrote {compiled_dir / TUNING_FILE}")
+    return out
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m runtime.tune", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("compiled_dir", type=Path)
+    ap.add_argument("--adapter", help="Vulkan adapter index or name substring")
+    ap.add_argument("--reps", type=int, default=50, help="launches per timed pass")
+    a = ap.parse_args(argv)
+    tune(a.compiled_dir, a.adapter, a.reps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

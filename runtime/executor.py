@@ -23,6 +23,7 @@ from runtime.compiled import CompiledModule
 from runtime.constants import make_constant
 from runtime.device import Device, wait_idle
 from runtime.kernel import POD_BYTES, KernelProgram
+from runtime.launches import LaunchTable
 
 _NP = {"float16": np.float16, "float32": np.float32, "int32": np.int32}
 
@@ -50,6 +51,7 @@ class _Phase:
     pod_buffer: Any
     pod_stride: int
     logits: Any
+    launches: LaunchTable
     slots: list[Any] = field(default_factory=list)
 
 
@@ -159,7 +161,8 @@ class Executor:
             programs.append(prog)
             groups.append(prog.bind_group(self.device, bufs, pod_buffer, i * align))
         logits = self._resolve(plan, slots, plan["outputs"]["logits"])
-        return _Phase(plan["dispatches"], programs, groups, pod_buffer, align, logits, slots)
+        return _Phase(plan["dispatches"], programs, groups, pod_buffer, align, logits,
+                      LaunchTable(programs, align // 4), slots)
 
     # execution ----------------------------------------------------------------------------
     def step(self, phase: str, ids: np.ndarray, total: int, profile: bool = False,
@@ -169,35 +172,36 @@ class Executor:
         wgpu = self.wgpu
         ph = self.phases[phase]
         seq = len(ids)
-        launches = [p.launch(seq, total) for p in ph.programs]
-        pods = np.zeros((len(launches), ph.pod_stride // 4), np.int32)
-        for i, (_, pod) in enumerate(launches):
-            pods[i, :4] = pod
+        grids, pods = ph.launches(seq, total)
         q = self.device.queue
         q.write_buffer(self.ids, 0, np.ascontiguousarray(ids, np.int32).tobytes())
         q.write_buffer(ph.pod_buffer, 0, pods.tobytes())
         enc = self.device.create_command_encoder()
         timing = None
         if profile and self.dev.has_timestamps:
-            qs = self._queries(len(launches))
-            for i, (grid, _) in enumerate(launches):
+            qs = self._queries(len(grids))
+            for i, grid in enumerate(grids):
                 cp = enc.begin_compute_pass(timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 2 * i,
                                                               "end_of_pass_write_index": 2 * i + 1})
                 cp.set_pipeline(ph.programs[i].pipeline)
                 cp.set_bind_group(0, ph.bind_groups[i])
                 cp.dispatch_workgroups(*grid)
                 cp.end()
-            enc.resolve_query_set(qs, 0, 2 * len(launches), self.query_buf, 0)
-            enc.copy_buffer_to_buffer(self.query_buf, 0, self.query_read, 0, 16 * len(launches))
+            enc.resolve_query_set(qs, 0, 2 * len(grids), self.query_buf, 0)
+            enc.copy_buffer_to_buffer(self.query_buf, 0, self.query_read, 0, 16 * len(grids))
             timing = "gpu-timestamps"
         elif profile:
-            return self._step_cpu_timed(ph, phase, launches, seq, total, read_logits)
+            return self._step_cpu_timed(ph, phase, grids, seq, total, read_logits)
         else:
             cp = enc.begin_compute_pass()
-            for i, (grid, _) in enumerate(launches):
-                cp.set_pipeline(ph.programs[i].pipeline)
-                cp.set_bind_group(0, ph.bind_groups[i])
-                cp.dispatch_workgroups(*grid)
+            set_pipeline, set_bind_group, dispatch = cp.set_pipeline, cp.set_bind_group, cp.dispatch_workgroups
+            last = None
+            for prog, group, (gx, gy, gz) in zip(ph.programs, ph.bind_groups, grids, strict=True):
+                if prog is not last:
+                    set_pipeline(prog.pipeline)
+                    last = prog
+                set_bind_group(0, group)
+                dispatch(gx, gy, gz)
             cp.end()
         vocab = self.cfg.vocab_size
         if read_logits:
@@ -207,7 +211,7 @@ class Executor:
         prof = None
         if timing:
             self.query_read.map_sync(wgpu.MapMode.READ)
-            ts = np.frombuffer(self.query_read.read_mapped(), np.uint64)[: 2 * len(launches)].astype(np.float64)
+            ts = np.frombuffer(self.query_read.read_mapped(), np.uint64)[: 2 * len(grids)].astype(np.float64)
             self.query_read.unmap()
             prof = StepProfile(phase, seq, total, list((ts[1::2] - ts[0::2]) * 1e-9), timing)
         return logits, prof
@@ -231,10 +235,10 @@ class Executor:
             self.query_read = self._buffer(16 * n, "timestamps_read", U.MAP_READ | U.COPY_DST)
         return self.query_set
 
-    def _step_cpu_timed(self, ph: _Phase, phase: str, launches, seq: int, total: int, read_logits: bool):
+    def _step_cpu_timed(self, ph: _Phase, phase: str, grids, seq: int, total: int, read_logits: bool):
         """Fallback profiling without timestamp queries: submit and wait per dispatch."""
         times = []
-        for i, (grid, _) in enumerate(launches):
+        for i, grid in enumerate(grids):
             enc = self.device.create_command_encoder()
             cp = enc.begin_compute_pass()
             cp.set_pipeline(ph.programs[i].pipeline)

@@ -25,23 +25,31 @@ class KernelProgram:
         self.bindings = meta["bindings"]
         self.pod = meta["pod"]
         self._grid = [_compile_expr(e) for e in meta["grid"]]
+        # a grid that names neither runtime scalar is computed once, not per step
+        self.static = not any(v in e for e in meta["grid"] for v in ("seq", "total"))
         module = device.create_shader_module(code=wgsl, label=name)
         self.pipeline = device.create_compute_pipeline(layout="auto", compute={"module": module,
                                                                                "entry_point": meta["entry"]})
         self.layout = self.pipeline.get_bind_group_layout(0)
 
+    def grid(self, seq: int, total: int) -> tuple[tuple[int, int, int], int]:
+        """Workgroup counts (x folded into z past 65535) and ``packGridDimX``."""
+        gx, gy = int(self._grid[0](seq, total)), int(self._grid[1](seq, total))
+        pack = gx - 1
+        gz = 1
+        while gx > MAX_GRID:
+            gx, gz = (gx + 1) // 2, gz * 2
+        return (gx, gy, gz), pack
+
     def launch(self, seq: int, total: int) -> tuple[tuple[int, int, int], np.ndarray]:
         """Workgroup counts and the POD struct bytes (as 4 x int32) for these runtime scalars."""
-        gx, gy = int(self._grid[0](seq, total)), int(self._grid[1](seq, total))
+        grid, pack = self.grid(seq, total)
         pod = np.zeros(4, np.int32)
         vals = {"seq": seq, "total": total}
         for i, p in enumerate(self.pod):
             pod[i] = vals[p]
-        pod[len(self.pod)] = gx - 1
-        gz = 1
-        while gx > MAX_GRID:
-            gx, gz = (gx + 1) // 2, gz * 2
-        return (gx, gy, gz), pod
+        pod[len(self.pod)] = pack
+        return grid, pod
 
     def bind_group(self, device: Any, buffers: list[Any], pod_buffer: Any, pod_offset: int) -> Any:
         """``buffers`` are given per kernel *arg* (spec order); bindings are remapped to slots."""

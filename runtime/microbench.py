@@ -31,6 +31,7 @@ class KernelTimer:
         d = dev.device
         usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
         written = {b["arg"] for b in program.bindings if b["write"]}
+        types = {b["arg"]: b["type"] for b in program.bindings}
         read_bytes = sum(s for i, s in enumerate(sizes) if i not in written)
         copies = max(1, min(16, rotate_bytes // max(read_bytes, 1)))
         rng = np.random.default_rng(seed)
@@ -38,8 +39,15 @@ class KernelTimer:
         for i, size in enumerate(sizes):
             size = (size + 15) // 16 * 16
             n = 1 if i in written else copies
-            # uniform [0, 1/64) as f16 bit patterns or f32: finite for either interpretation
-            data = (rng.random(size // 2, dtype=np.float32) / 64).astype(np.float16).tobytes()
+            # values of the binding's element type: small normal floats (no denormal slow paths), and
+            # zeros for integers (token ids must stay inside the table)
+            ty = types.get(i, "f32")
+            if "f16" in ty:
+                data = rng.uniform(-1, 1, size // 2).astype(np.float16).tobytes()
+            elif "f32" in ty:
+                data = rng.uniform(-1, 1, size // 4).astype(np.float32).tobytes()
+            else:
+                data = bytes(size)
             self.buffers.append([d.create_buffer_with_data(data=data, usage=usage) for _ in range(n)])
         self.grid, pod = program.launch(seq, total)
         self.pod = d.create_buffer_with_data(data=pod.tobytes().ljust(POD_BYTES, b"\0"),

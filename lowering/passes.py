@@ -98,3 +98,18 @@ def fuse_elementwise(g: Graph) -> Graph:
                 continue
         nodes.append(n)
     return Graph.from_nodes(g.phase, g.meta, [n for n in nodes if n.name not in dropped])
+
+
+def elide_layout_transposes(g: Graph, opts: LowerOptions) -> Graph:
+    """A transpose that only moves size-1 axes keeps every element where it was (decode's
+    ``[1, heads, hd] -> [heads, 1, hd]``): it becomes a reshape, a view that costs no dispatch."""
+    nodes = []
+    for n in g.nodes():
+        if n.op == "transpose":
+            src = g[n.inputs[0]].shape
+            moved = [p for p in n.attrs["perm"] if src[p] != 1]  # a symbolic dim may be > 1: it counts as moved
+            if moved == sorted(moved):
+                n = Node(n.name, "reshape", n.inputs, n.shape, n.dtype,
+                         {"shape": tuple(n.shape), "was": f"transpose{list(n.attrs['perm'])}"})
+        nodes.append(n)
+    return Graph.from_nodes(g.phase, g.meta, nodes)

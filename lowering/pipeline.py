@@ -9,7 +9,7 @@ from ir.printer import to_text
 from ir.verify import GraphError, verify
 from lowering.classify import classify_matmuls
 from lowering.kernels.spec import LowerOptions
-from lowering.passes import fuse_elementwise, set_weight_dtype, split_large_weights
+from lowering.passes import elide_layout_transposes, fuse_elementwise, set_weight_dtype, split_large_weights
 
 Pass = Callable[[Graph, LowerOptions], Graph]
 
@@ -18,6 +18,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("classify_matmuls", lambda g, o: classify_matmuls(g)),
     ("split_large_weights", split_large_weights),
     ("fuse_elementwise", lambda g, o: fuse_elementwise(g)),
+    ("elide_layout_transposes", elide_layout_transposes),
 ]
 PASS_NAMES = ["trace"] + [name for name, _ in PASSES]
 

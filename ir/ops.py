@@ -60,6 +60,17 @@ def _matmul(ins, attrs):
     return (a[0], a[1], a[2], n), F32
 
 
+def _attention(ins, attrs):
+    """softmax(q k^T * scale, causal) v over the cache, GQA: q [b, heads, m, d], k/v [b, kv_heads, total, d]."""
+    (q, qd), (k, _), (v, _) = ins
+    group = attrs.get("gqa_group", 1)
+    _need(len(q) == 4 and len(k) == 4 and k == v, f"attention needs q [b,h,m,d] and equal k/v, got {fmt(q)}, "
+          f"{fmt(k)}, {fmt(v)}")
+    _need(q[1] == k[1] * group and q[3] == k[3], f"attention heads/head_dim mismatch: {fmt(q)} vs {fmt(k)} "
+          f"with gqa_group={group}")
+    return q, F32
+
+
 def _same(ins, attrs):
     (a, ad), *rest = ins
     for s, _ in rest:
@@ -126,6 +137,7 @@ OPS: dict[str, Infer] = {
     "embedding": _embedding,
     "rms_norm": _rms_norm,
     "matmul": _matmul,
+    "attention": _attention,
     "rope": _rope,
     "add": _same,
     "mul": _same,

@@ -61,6 +61,12 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
         return _silu(args[0])
     if op == "silu_mul":
         return _silu(args[0]) * args[1]
+    if op == "attention":
+        q, k, v = args
+        group = at.get("gqa_group", 1)
+        k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+        scores = Node(n.name, "softmax", [], (), "float32", {"scale": at["scale"], "causal": at["causal"]})
+        return (_eval(scores, [q @ np.swapaxes(k, -1, -2)], dims) @ v).astype(np.float32)
     if op == "softmax":
         s = args[0] * np.float32(at["scale"])
         if at.get("causal"):

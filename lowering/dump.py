@@ -31,6 +31,7 @@ def _rows(g: Graph, plan: dict, kernels: dict) -> list[dict[str, Any]]:
             "name": n.name, "op": n.op, "shape": list(n.shape), "dtype": n.dtype,
             "inputs": n.inputs,
             "kernel_class": n.attrs.get("kernel_class") if n.op == "matmul" else None,
+            "fused_matmuls": n.attrs.get("fused_matmuls", []),
             "reason": n.attrs.get("reason"),
             "kernel": d["kernel"] if d else None,
             "schedule": k["rule"] if k else None,
@@ -47,6 +48,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     counts = {c: 0 for c in KERNEL_CLASSES}
     seen_split: set[str] = set()
     for r in rows:
+        for m in r.get("fused_matmuls", []):  # e.g. decode attention: QK^T and PV inside one kernel
+            counts[m["kernel_class"]] += 1
         if r["kernel_class"]:
             if r["split_of"]:
                 if r["split_of"] in seen_split:

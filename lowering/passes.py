@@ -113,3 +113,37 @@ def elide_layout_transposes(g: Graph, opts: LowerOptions) -> Graph:
                          {"shape": tuple(n.shape), "was": f"transpose{list(n.attrs['perm'])}"})
         nodes.append(n)
     return Graph.from_nodes(g.phase, g.meta, nodes)
+
+
+def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
+    """Decode (one query row): ``matmul(q, k_all) -> softmax -> matmul(., v_all)`` becomes one
+    ``attention`` op over the KV cache (one kernel instead of three, the scores never leave the
+    workgroup). The two matmuls keep their classification on the fused node."""
+    if g.meta.get("dims", {}).get("seq") != 1:
+        return g
+    users: dict[str, list[str]] = {n.name: [] for n in g.nodes()}
+    for n in g.nodes():
+        for i in n.inputs:
+            users[i].append(n.name)
+    fused: dict[str, Node] = {}
+    dropped: set[str] = set()
+    for pv in g.by_op("matmul"):
+        sm = g[pv.inputs[0]]
+        if len(pv.shape) != 4 or sm.op != "softmax" or users[sm.name] != [pv.name]:
+            continue
+        qk = g[sm.inputs[0]]
+        if qk.op != "matmul" or len(qk.shape) != 4 or users[qk.name] != [sm.name] or qk.shape[2] != 1:
+            continue
+        if qk.shape[-1] != "total" or g[qk.inputs[1]].op != "kv_cache_read" or g[pv.inputs[1]].op != "kv_cache_read":
+            continue
+        matmuls = [{"name": m.name, "kernel_class": m.attrs.get("kernel_class"), "reason": m.attrs.get("reason")}
+                   for m in (qk, pv)]
+        fused[pv.name] = Node(pv.name, "attention", [qk.inputs[0], qk.inputs[1], pv.inputs[1]], pv.shape, pv.dtype,
+                              {"scale": sm.attrs["scale"], "causal": sm.attrs.get("causal", False),
+                               "gqa_group": pv.attrs.get("gqa_group", 1), "fused_matmuls": matmuls,
+                               "covers": [qk.name, sm.name, pv.name],
+                               "reason": "decode attention: QK^T, softmax and PV fused over the KV cache (one "
+                                         "workgroup per query head, online softmax over cache chunks)"})
+        dropped |= {qk.name, sm.name}
+    nodes = [fused.get(n.name, n) for n in g.nodes() if n.name not in dropped]
+    return Graph.from_nodes(g.phase, g.meta, nodes)

@@ -9,7 +9,13 @@ from ir.printer import to_text
 from ir.verify import GraphError, verify
 from lowering.classify import classify_matmuls
 from lowering.kernels.spec import LowerOptions
-from lowering.passes import elide_layout_transposes, fuse_elementwise, set_weight_dtype, split_large_weights
+from lowering.passes import (
+    elide_layout_transposes,
+    fuse_decode_attention,
+    fuse_elementwise,
+    set_weight_dtype,
+    split_large_weights,
+)
 
 Pass = Callable[[Graph, LowerOptions], Graph]
 
@@ -19,6 +25,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("split_large_weights", split_large_weights),
     ("fuse_elementwise", lambda g, o: fuse_elementwise(g)),
     ("elide_layout_transposes", elide_layout_transposes),
+    ("fuse_decode_attention", fuse_decode_attention),
 ]
 PASS_NAMES = ["trace"] + [name for name, _ in PASSES]
 

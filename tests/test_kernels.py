@@ -19,7 +19,7 @@ from runtime.device import open_device
 from runtime.launcher import KernelLauncher
 
 _NP = {"float16": np.float16, "float32": np.float32, "int32": np.int32}
-KCLASSES = {"gemv", "gemm", "batched_gemv", "batched_gemm", "norm", "rope", "softmax", "elementwise", "copy",
+KCLASSES = {"gemv", "gemm", "attention", "batched_gemm", "norm", "rope", "softmax", "elementwise", "copy",
             "gather", "kv_write"}
 
 
@@ -32,7 +32,8 @@ def _cases(module):
                 continue
             seen.add(d["kernel"])
             for seq in seqs:
-                for past in ((0, 5) if phase == "prefill" else (0, 40)):
+                # decode: one and several chunks of the fused attention's cache walk
+                for past in ((0, 5) if phase == "prefill" else (0, 40, 126)):
                     yield phase, g, d, seq, seq + past
 
 

@@ -58,6 +58,9 @@ def test_split_and_fusion(cfg06):
     assert g["lm_head"].op == "concat" and len(g["lm_head"].inputs) == 3
     assert g["layers.0.o_proj"].attrs["epilogue"] == "add"
     assert not g.by_op("silu") and len(g.by_op("silu_mul")) == 28
+    # decode: layout-only transposes become views; QK^T, softmax, PV become one attention kernel
+    assert not g.by_op("transpose") and not g.by_op("softmax") and len(g.by_op("attention")) == 28
+    assert [m["kernel_class"] for m in g["layers.0.pv"].attrs["fused_matmuls"]] == ["batched_gemv"] * 2
 
 
 def test_compile_qwen06b_and_dump(qwen06b, tmp_path):

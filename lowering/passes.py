@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ir.graph import Graph, Node
+from lowering.kernels import attention as attention_kernel
 from lowering.kernels.common import DTYPE_BYTES
 from lowering.kernels.spec import LowerOptions
 
@@ -135,6 +136,8 @@ def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
         if qk.op != "matmul" or len(qk.shape) != 4 or users[qk.name] != [sm.name] or qk.shape[2] != 1:
             continue
         if qk.shape[-1] != "total" or g[qk.inputs[1]].op != "kv_cache_read" or g[pv.inputs[1]].op != "kv_cache_read":
+            continue
+        if not attention_kernel.supports(g[qk.inputs[0]].shape[-1]):
             continue
         matmuls = [{"name": m.name, "kernel_class": m.attrs.get("kernel_class"), "reason": m.attrs.get("reason")}
                    for m in (qk, pv)]

@@ -4,8 +4,9 @@ Explicitly scheduled TIR (no dlight rule covers a reduction, a softmax and a sec
 one kernel). One workgroup per query head; its kv head is ``h // group`` (GQA without copies).
 The cache is walked in chunks of ``threads`` positions with an online softmax: each thread scores
 one position (a vec4 dot product over the head dim, q kept in shared memory), the workgroup
-reduces the chunk's max and sum, and thread ``d`` accumulates output element ``d`` over the
-chunk's probabilities (consecutive threads read consecutive floats of a V row: coalesced). The
+reduces the chunk's max and sum, then each thread accumulates one vec4 lane of the output over a
+strided subset of the chunk's positions (consecutive threads read consecutive vec4s of a V row:
+coalesced; unrolled, so the loads overlap), and the position groups are summed at the end. The
 running max/sum rescale the accumulator, so any cache length works with fixed shared memory.
 With one query at position ``total - 1`` every cached position is visible: causal by construction.
 """
@@ -17,62 +18,77 @@ from lowering.kernels.common import bytes_expr, shape_key
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 
 
+def supports(head_dim: int) -> bool:
+    """vec4 rows, and a power-of-two number of vec4 lanes so the lanes tile the workgroup."""
+    hd4 = head_dim // 4
+    return head_dim % 4 == 0 and hd4 & (hd4 - 1) == 0 and head_dim <= 512
+
+
 def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads: int):
     group = nh // nkv
     hd4 = hd // 4
+    groups = threads // hd4  # PV: thread = (position group, vec4 lane of the head dim)
     levels = threads.bit_length() - 1
     neg = -3.0e38  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
 
     @T.prim_func(private=True)
-    def attention(q_h: T.handle, K: T.Buffer((nkv, ctx, hd4), "float32x4"), V: T.Buffer((nkv, ctx, hd), "float32"),
-                  o_h: T.handle, total: T.int32):
-        Q = T.match_buffer(q_h, (1, nh, 1, hd4), "float32x4")
-        O = T.match_buffer(o_h, (1, nh, 1, hd), "float32")
+    def attention(Q: T.Buffer((1, nh, 1, hd4), "float32x4"), K: T.Buffer((nkv, ctx, hd4), "float32x4"),
+                  V: T.Buffer((nkv, ctx, hd4), "float32x4"), O: T.Buffer((1, nh, 1, hd4), "float32x4"),
+                  total: T.int32):
         for h in T.thread_binding(nh, thread="blockIdx.x"):
             for tx in T.thread_binding(threads, thread="threadIdx.x"):
                 q_sh = T.alloc_buffer((hd4,), "float32x4", scope="shared")
                 p_sh = T.alloc_buffer((threads,), "float32", scope="shared")
                 red = T.alloc_buffer((threads,), "float32", scope="shared")
-                st = T.alloc_buffer((6,), "float32", scope="local")  # m, l, acc, s, m_new, alpha
+                o_sh = T.alloc_buffer((threads,), "float32x4", scope="shared")
+                st = T.alloc_buffer((5,), "float32", scope="local")  # m, l, s, m_new, alpha
+                acc = T.alloc_buffer((1,), "float32x4", scope="local")
                 if tx < hd4:
                     q_sh[tx] = Q[0, h, 0, tx]
                 st[0] = T.float32(neg)
                 st[1] = T.float32(0)
-                st[2] = T.float32(0)
+                acc[0] = T.Broadcast(T.float32(0), 4)
                 T.tvm_storage_sync("shared")
                 for c in range((total + threads - 1) // threads):
-                    st[3] = T.float32(neg)
+                    # scores: thread tx <- position c * threads + tx
+                    st[2] = T.float32(neg)
                     if c * threads + tx < total:
-                        st[3] = T.float32(0)
+                        st[2] = T.float32(0)
                         for i in T.unroll(hd4):
-                            st[3] = st[3] + T.call_pure_extern("float32", "dot", q_sh[i],
+                            st[2] = st[2] + T.call_pure_extern("float32", "dot", q_sh[i],
                                                                K[h // group, c * threads + tx, i])
-                        st[3] = st[3] * T.float32(scale)
-                    red[tx] = st[3]
+                        st[2] = st[2] * T.float32(scale)
+                    red[tx] = st[2]
                     T.tvm_storage_sync("shared")
                     for s in T.unroll(levels):
                         if tx < (threads >> (s + 1)):
                             red[tx] = T.max(red[tx], red[tx + (threads >> (s + 1))])
                         T.tvm_storage_sync("shared")
-                    st[4] = T.max(st[0], red[0])
+                    st[3] = T.max(st[0], red[0])
                     T.tvm_storage_sync("shared")
-                    p_sh[tx] = T.exp(st[3] - st[4])
+                    p_sh[tx] = T.exp(st[2] - st[3])
                     red[tx] = p_sh[tx]
                     T.tvm_storage_sync("shared")
                     for s in T.unroll(levels):
                         if tx < (threads >> (s + 1)):
                             red[tx] = red[tx] + red[tx + (threads >> (s + 1))]
                         T.tvm_storage_sync("shared")
-                    st[5] = T.exp(st[0] - st[4])
-                    st[1] = st[1] * st[5] + red[0]
-                    st[0] = st[4]
-                    if tx < hd:
-                        st[2] = st[2] * st[5]
-                        for j in range(T.min(threads, total - c * threads)):
-                            st[2] = st[2] + p_sh[j] * V[h // group, c * threads + j, tx]
+                    st[4] = T.exp(st[0] - st[3])
+                    st[1] = st[1] * st[4] + red[0]
+                    st[0] = st[3]
+                    # PV: lane tx % hd4 of positions tx // hd4, + groups, ... of this chunk
+                    acc[0] = acc[0] * T.Broadcast(st[4], 4)
+                    for j in T.unroll(hd4):
+                        if c * threads + j * groups + tx // hd4 < total:
+                            acc[0] = acc[0] + T.Broadcast(p_sh[j * groups + tx // hd4], 4) * V[
+                                h // group, c * threads + j * groups + tx // hd4, tx % hd4]
                     T.tvm_storage_sync("shared")
-                if tx < hd:
-                    O[0, h, 0, tx] = st[2] / st[1]
+                o_sh[tx] = acc[0]
+                T.tvm_storage_sync("shared")
+                if tx < hd4:
+                    for g2 in range(1, groups):
+                        acc[0] = acc[0] + o_sh[g2 * hd4 + tx]
+                    O[0, h, 0, tx] = acc[0] / T.Broadcast(st[1], 4)
 
     return attention
 
@@ -83,9 +99,9 @@ def attention(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     kc, vc = g[k_view.inputs[0]], g[v_view.inputs[0]]
     _, nh, m, hd = q.shape
     nkv = kc.shape[0]
-    if m != 1 or hd % 4 or hd > 256:
-        raise KeyError("fused attention supports one query row and head_dim % 4 == 0, <= 256")
-    threads = max(64, 1 << (hd - 1).bit_length())
+    if m != 1 or not supports(hd):
+        raise KeyError("fused attention needs one query row and a supported head_dim")
+    threads = 128
     ctx, scale = opts.max_context, float(node.attrs["scale"])
     name = f"attention-decode(threads={threads})"
 

@@ -139,6 +139,7 @@ OPS: dict[str, Infer] = {
     "matmul": _matmul,
     "attention": _attention,
     "rope": _rope,
+    "rms_norm_rope": lambda ins, attrs: _rope([_rms_norm(ins, attrs)], attrs),
     "add": _same,
     "mul": _same,
     "silu": _same,

@@ -47,6 +47,9 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
         return (x / np.sqrt(var + at["eps"]) * args[1]).astype(np.float32)
     if op == "matmul":
         return _matmul(n, *args)
+    if op == "rms_norm_rope":
+        normed = _eval(Node(n.name, "rms_norm", [], (), "float32", at), args, dims)
+        return _eval(Node(n.name, "rope", [], (), "float32", at), [normed], dims)
     if op == "rope":
         x = args[0]
         cos, sin = rope_tables(np.arange(past, past + x.shape[0]), x.shape[2], at["theta"])

@@ -70,8 +70,9 @@ def split_large_weights(g: Graph, opts: LowerOptions) -> Graph:
 
 
 def fuse_elementwise(g: Graph) -> Graph:
-    """``silu(a) * b`` -> ``silu_mul(a, b)``; ``x + matmul(..)`` -> matmul with a residual
-    epilogue. Each removes a dispatch and a round trip of an activation through memory."""
+    """``silu(a) * b`` -> ``silu_mul(a, b)``; ``rope(rms_norm(x, w))`` -> ``rms_norm_rope(x, w)``;
+    ``x + matmul(..)`` -> matmul with a residual epilogue. Each removes a dispatch and a round trip
+    of an activation through memory."""
     users: dict[str, list[str]] = {n.name: [] for n in g.nodes()}
     for n in g.nodes():
         for i in n.inputs:
@@ -81,7 +82,12 @@ def fuse_elementwise(g: Graph) -> Graph:
     dropped: set[str] = set()
     for n in g.nodes():
         n = Node(n.name, n.op, [alias.get(i, i) for i in n.inputs], n.shape, n.dtype, dict(n.attrs))
-        if n.op == "mul" and g[n.inputs[0]].op == "silu" and users[n.inputs[0]] == [n.name]:
+        if n.op == "rope" and g[n.inputs[0]].op == "rms_norm" and users[n.inputs[0]] == [n.name]:
+            norm = g[n.inputs[0]]
+            dropped.add(norm.name)
+            n.op, n.inputs = "rms_norm_rope", list(norm.inputs)
+            n.attrs.update(eps=norm.attrs["eps"], covers=[norm.name, n.name])
+        elif n.op == "mul" and g[n.inputs[0]].op == "silu" and users[n.inputs[0]] == [n.name]:
             silu = g[n.inputs[0]]
             dropped.add(silu.name)
             n.op, n.inputs = "silu_mul", [silu.inputs[0], n.inputs[1]]

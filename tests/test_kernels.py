@@ -19,7 +19,7 @@ from runtime.device import open_device
 from runtime.launcher import KernelLauncher
 
 _NP = {"float16": np.float16, "float32": np.float32, "int32": np.int32}
-KCLASSES = {"gemv", "gemm", "attention", "batched_gemm", "norm", "rope", "softmax", "elementwise", "copy",
+KCLASSES = {"gemv", "gemm", "attention", "batched_gemm", "norm", "softmax", "elementwise", "copy",
             "gather", "kv_write"}
 
 

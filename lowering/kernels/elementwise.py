@@ -79,24 +79,33 @@ def concat(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     return _spec(node, g, opts, f"concat:{shape_key(node)}:{widths}", "copy", body, flops_per=0)
 
 
+def rope_tables(theta: float, hd: int, max_context: int) -> tuple[str, str]:
+    """The runtime constants (host-computed float32 cos/sin, [max_context, hd / 2]) RoPE reads."""
+    table = f"{max_context}x{hd // 2}"
+    return f"const:rope_cos:{theta}:{hd}:{table}", f"const:rope_sin:{theta}:{hd}:{table}"
+
+
+def rotate(x, cos, sin, v, idx, hd: int):
+    """Rotate-half RoPE of element ``idx = (i, h, d)`` of ``x(i, h, d)`` at position past + i."""
+    half = hd // 2
+    i, h, d = idx
+    pos = v["total"] - v["seq"] + i
+    j = tirx.floormod(d, half)
+    rot = tirx.Select(d < half, -x(i, h, tirx.min(d + half, hd - 1)), x(i, h, tirx.max(d - half, 0)))
+    return x(i, h, d) * cos[pos, j] + rot * sin[pos, j]
+
+
 @generator("rope")
 def rope(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     """Rotate-half RoPE at positions ``past + i``. cos/sin come from tables the runtime computes
     on the host in float32 exactly as HF does (GPU sin/cos of large arguments are too coarse)."""
     x = g[node.inputs[0]]
-    hd = x.shape[2]
-    half = hd // 2
     theta = node.attrs["theta"]
-    table = f"{opts.max_context}x{half}"
-    consts = (f"const:rope_cos:{theta}:{hd}:{table}", f"const:rope_sin:{theta}:{hd}:{table}")
+    consts = rope_tables(theta, x.shape[2], opts.max_context)
 
     def body(ph, v, idx):
         X, cos, sin = ph
-        i, h, d = idx
-        pos = v["total"] - v["seq"] + i
-        j = tirx.floormod(d, half)
-        rot = tirx.Select(d < half, -X[i, h, tirx.min(d + half, hd - 1)], X[i, h, tirx.max(d - half, 0)])
-        return X[i, h, d] * cos[pos, j] + rot * sin[pos, j]
+        return rotate(lambda i, h, d: X[i, h, d], cos, sin, v, idx, x.shape[2])
 
     return _spec(node, g, opts, f"rope:{shape_key(x)}:{theta}:{opts.max_context}", "rope", body, flops_per=3,
                  extra_args=consts, scalars=("total",))

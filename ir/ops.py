@@ -71,6 +71,20 @@ def _attention(ins, attrs):
     return q, F32
 
 
+def _fused_gemv(ins, attrs):
+    """[1, K] x [N, K]^T with optional RMSNorm prologue, SwiGLU pair of weights, residual epilogue.
+    Operands: x, W, [U if swiglu], [norm weight if norm_eps], [residual if epilogue]."""
+    (x, _), (w, _), *rest = ins
+    _need(len(x) == 2 and x[0] == 1 and len(w) == 2 and w[1] == x[1], f"fused_gemv needs [1,K] x [N,K], got "
+          f"{fmt(x)} x {fmt(w)}")
+    want = [(w, "U")] * bool(attrs.get("swiglu")) + [((x[1],), "norm weight")] * (attrs.get("norm_eps") is not None) \
+        + [((1, w[0]), "residual")] * (attrs.get("epilogue") == "add")
+    _need(len(rest) == len(want), f"fused_gemv expects operands {[n for _, n in want]} after x, W")
+    for (s, _), (shape, name) in zip(rest, want, strict=True):
+        _need(tuple(s) == tuple(shape), f"fused_gemv {name} is {fmt(s)}, expected {fmt(shape)}")
+    return (1, w[0]), F32
+
+
 def _same(ins, attrs):
     (a, ad), *rest = ins
     for s, _ in rest:
@@ -138,6 +152,7 @@ OPS: dict[str, Infer] = {
     "rms_norm": _rms_norm,
     "matmul": _matmul,
     "attention": _attention,
+    "fused_gemv": _fused_gemv,
     "rope": _rope,
     "rms_norm_rope": lambda ins, attrs: _rope([_rms_norm(ins, attrs)], attrs),
     "add": _same,

@@ -64,6 +64,15 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
         return _silu(args[0])
     if op == "silu_mul":
         return _silu(args[0]) * args[1]
+    if op == "fused_gemv":
+        x, w, *rest = args
+        u = rest.pop(0) if at.get("swiglu") else None
+        if at.get("norm_eps") is not None:
+            x = _eval(Node(n.name, "rms_norm", [], (), "float32", {"eps": at["norm_eps"]}), [x, rest.pop(0)], dims)
+        y = x @ w.T
+        if u is not None:
+            y = _silu(y) * (x @ u.T)
+        return (y + rest.pop(0) if rest else y).astype(np.float32)
     if op == "attention":
         q, k, v = args
         group = at.get("gqa_group", 1)

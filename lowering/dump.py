@@ -48,13 +48,13 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     counts = {c: 0 for c in KERNEL_CLASSES}
     seen_split: set[str] = set()
     for r in rows:
+        if r["split_of"]:
+            if r["split_of"] in seen_split:
+                continue
+            seen_split.add(r["split_of"])
         for m in r.get("fused_matmuls", []):  # e.g. decode attention: QK^T and PV inside one kernel
             counts[m["kernel_class"]] += 1
         if r["kernel_class"]:
-            if r["split_of"]:
-                if r["split_of"] in seen_split:
-                    continue
-                seen_split.add(r["split_of"])
             counts[r["kernel_class"]] += 1
     dispatches = sum(1 for r in rows if r["kernel"])
     layer_disp = sum(1 for r in rows if r["kernel"] and r["name"].startswith("layers.0."))

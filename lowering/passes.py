@@ -156,3 +156,76 @@ def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
         dropped |= {qk.name, sm.name}
     nodes = [fused.get(n.name, n) for n in g.nodes() if n.name not in dropped]
     return Graph.from_nodes(g.phase, g.meta, nodes)
+
+
+def _gemv_info(m: Node) -> dict:
+    return {"name": m.name, "kernel_class": m.attrs.get("kernel_class"), "reason": m.attrs.get("reason")}
+
+
+def _users(g: Graph) -> dict[str, list[str]]:
+    users: dict[str, list[str]] = {n.name: [] for n in g.nodes()}
+    for n in g.nodes():
+        for i in n.inputs:
+            users[i].append(n.name)
+    return users
+
+
+def _plain_gemv(g: Graph, m: Node) -> bool:
+    """A decode weight GEMV with nothing fused yet and vec4-friendly K."""
+    return (m.op == "matmul" and m.attrs.get("kernel_class") == "gemv" and len(m.inputs) == 2
+            and g[m.inputs[0]].shape[0] == 1 and g[m.inputs[0]].shape[1] % 4 == 0)
+
+
+def _fuse_swiglu(g: Graph) -> Graph:
+    users = _users(g)
+    new: dict[str, Node] = {}
+    dropped: set[str] = set()
+    for n in g.by_op("silu_mul"):
+        gate, up = (g[i] for i in n.inputs)
+        if (_plain_gemv(g, gate) and _plain_gemv(g, up) and users[gate.name] == users[up.name] == [n.name]
+                and gate.inputs[0] == up.inputs[0] and "split_of" not in gate.attrs and "split_of" not in up.attrs):
+            new[n.name] = Node(n.name, "fused_gemv", [gate.inputs[0], gate.inputs[1], up.inputs[1]], n.shape, n.dtype,
+                               {"swiglu": True, "kernel_class": "gemv",
+                                "fused_matmuls": [_gemv_info(gate), _gemv_info(up)],
+                                "covers": [gate.name, up.name, *n.attrs.get("covers", [n.name])],
+                                "reason": "SwiGLU: gate and up GEMVs read the same activation: one GEMV over both "
+                                          "weights, silu(g) * u in its epilogue"})
+            dropped |= {gate.name, up.name}
+    return Graph.from_nodes(g.phase, g.meta, [new.get(n.name, n) for n in g.nodes() if n.name not in dropped])
+
+
+def _fuse_norm_prologue(g: Graph) -> Graph:
+    users = _users(g)
+    new: dict[str, Node] = {}
+    dropped: set[str] = set()
+    for norm in g.by_op("rms_norm"):
+        x = g[norm.inputs[0]]
+        consumers = [g[u] for u in users[norm.name]]
+        if len(x.shape) != 2 or x.shape[0] != 1 or x.shape[1] % 4 or not consumers:
+            continue
+        if not all(c.inputs[0] == norm.name and (_plain_gemv(g, c) or (
+                c.op == "fused_gemv" and "norm_eps" not in c.attrs and "epilogue" not in c.attrs)) for c in consumers):
+            continue
+        for c in consumers:
+            attrs = dict(c.attrs)
+            if c.op == "matmul":
+                attrs = {"kernel_class": "gemv", "fused_matmuls": [_gemv_info(c)], "covers": [c.name],
+                         "reason": c.attrs.get("reason", "")}
+                if "split_of" in c.attrs:
+                    attrs["split_of"] = c.attrs["split_of"]
+            attrs["norm_eps"] = norm.attrs["eps"]
+            attrs["covers"] = [norm.name, *attrs["covers"]]
+            attrs["reason"] += f"; RMSNorm {norm.name} fused as the GEMV prologue"
+            new[c.name] = Node(c.name, "fused_gemv", [x.name, *c.inputs[1:], norm.inputs[1]], c.shape, c.dtype, attrs)
+        dropped.add(norm.name)
+    return Graph.from_nodes(g.phase, g.meta, [new.get(n.name, n) for n in g.nodes() if n.name not in dropped])
+
+
+def fuse_decode_gemv(g: Graph, opts: LowerOptions) -> Graph:
+    """Decode: fold work into the weight GEMVs that read the same activation, so it costs no
+    dispatch of its own. ``silu(x Wg^T) * (x Wu^T)`` becomes one GEMV over both weights (SwiGLU),
+    and an RMSNorm whose every consumer is such a GEMV becomes their prologue (each workgroup
+    recomputes the tiny sum of squares from the activation loads it makes anyway)."""
+    if g.meta.get("dims", {}).get("seq") != 1:
+        return g
+    return _fuse_norm_prologue(_fuse_swiglu(g))

@@ -12,6 +12,7 @@ from lowering.kernels.spec import LowerOptions
 from lowering.passes import (
     elide_layout_transposes,
     fuse_decode_attention,
+    fuse_decode_gemv,
     fuse_elementwise,
     set_weight_dtype,
     split_large_weights,
@@ -26,6 +27,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_elementwise", lambda g, o: fuse_elementwise(g)),
     ("elide_layout_transposes", elide_layout_transposes),
     ("fuse_decode_attention", fuse_decode_attention),
+    ("fuse_decode_gemv", fuse_decode_gemv),
 ]
 PASS_NAMES = ["trace"] + [name for name, _ in PASSES]
 

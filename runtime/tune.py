@@ -45,14 +45,16 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
         raise UserError(f"adapter '{dev.name}' has no timestamp queries; tuning needs them")
     kernels = module.manifest["kernels"]
     ctx = module.options["max_context"]
-    plan = module.manifest["phases"]["decode"]
     choices, table = {}, {}
     print(f"tuning on {dev.name}")
-    for d in plan["dispatches"]:
+    todo = [(phase, d) for phase in ("decode", "prefill") for d in module.manifest["phases"][phase]["dispatches"]]
+    for phase, d in todo:
         main = d["kernel"]
         if main in table or not kernels[main].get("alternates"):
             continue
-        seq, total = 1, min(128, ctx)
+        plan = module.manifest["phases"][phase]
+        seq = 1 if phase == "decode" else module.options["prefill_chunk"]
+        total = min(max(128, seq), ctx)
         sizes = _arg_bytes(plan, d["args"], seq, total, ctx)
         moved = eval(d["bytes"], {"__builtins__": {}}, {"seq": seq, "total": total})  # noqa: S307
         rows = {}

@@ -106,19 +106,29 @@ def test_every_gemv_variant_against_numpy(wdtype):
 
     dev = open_device()
     rng = np.random.default_rng(1)
-    for n, k, res in ((389, 64, False), (64, 160, True), (3, 1028, False)):
+    cases = [(389, 64, False, None, False), (64, 160, True, None, False), (3, 1028, False, None, False),
+             (70, 96, False, 1e-6, False), (33, 64, False, None, True), (40, 132, True, 1e-5, True)]
+    for n, k, res, eps, swiglu in cases:
         a = rng.standard_normal((1, k)).astype(np.float32)
-        w = rng.standard_normal((n, k)).astype(_NP[wdtype])
+        w, u = (rng.standard_normal((n, k)).astype(_NP[wdtype]) for _ in range(2))
+        gw = rng.standard_normal(k).astype(_NP[wdtype])
         r = rng.standard_normal((1, n)).astype(np.float32)
-        expected = a.astype(np.float64) @ w.astype(np.float64).T + (r if res else 0)
+        x = a.astype(np.float64)
+        if eps is not None:
+            x = x / np.sqrt(np.mean(x * x) + eps) * gw
+        expected = x @ w.astype(np.float64).T
+        if swiglu:
+            expected = expected / (1 + np.exp(-expected)) * (x @ u.astype(np.float64).T)
+        expected = expected + (r if res else 0)
+        args = [a, w, *([u] if swiglu else []), *([gw] if eps is not None else []), *([r] if res else [])]
         for ts, tr in gemv.VARIANTS:
             name = gemv.variant_name(ts, tr)
-            builder = gemv.gemv_func(n, k, wdtype, res, ts, tr)
-            spec = KernelSpec(f"t{n}x{k}", "gemv", builder, ["a", "w", *(["r"] if res else []), "c"],
-                              [3 if res else 2], variants=[(name, builder)])
+            builder = gemv.gemv_func(n, k, wdtype, res, ts, tr, eps, swiglu)
+            spec = KernelSpec(f"t{n}x{k}", "gemv", builder, [f"x{i}" for i in range(len(args) + 1)], [len(args)],
+                              variants=[(name, builder)])
             kern, _ = build_kernel(spec, "gemv_test", use_cache=False)
             assert kern.rule == name
-            arrays = [a, w, *([r] if res else []), np.full((1, n), np.nan, np.float32)]
-            got = KernelLauncher(dev.device, name, kern.to_json(), kern.wgsl)(arrays, 1, 1)[-1]
+            got = KernelLauncher(dev.device, name, kern.to_json(), kern.wgsl)(
+                [*args, np.full((1, n), np.nan, np.float32)], 1, 1)[-1]
             err = np.abs(got - expected).max() / np.abs(expected).max()
-            assert err < 1e-5, f"{name} {n}x{k} res={res}: rel err {err:.1e}"
+            assert err < 1e-5, f"{name} {n}x{k} res={res} norm={eps} swiglu={swiglu}: rel err {err:.1e}"

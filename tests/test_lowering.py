@@ -57,7 +57,11 @@ def test_split_and_fusion(cfg06):
     assert len(g["embed"].inputs) == 1 + 3
     assert g["lm_head"].op == "concat" and len(g["lm_head"].inputs) == 3
     assert g["layers.0.o_proj"].attrs["epilogue"] == "add"
-    assert not g.by_op("silu") and len(g.by_op("silu_mul")) == 28
+    # decode: gate/up/silu*mul is one SwiGLU GEMV; every RMSNorm feeding GEMVs is their prologue
+    assert not g.by_op("silu") and not g.by_op("silu_mul") and not g.by_op("rms_norm")
+    assert g["layers.0.mul"].attrs["swiglu"] and g["layers.0.q_proj"].attrs["norm_eps"] == 1e-6
+    assert len(g.by_op("fused_gemv")) == 28 * 4 + 3
+    assert len(g.by_op("rms_norm_rope")) == 2 * 28
     # decode: layout-only transposes become views; QK^T, softmax, PV become one attention kernel
     assert not g.by_op("transpose") and not g.by_op("softmax") and len(g.by_op("attention")) == 28
     assert [m["kernel_class"] for m in g["layers.0.pv"].attrs["fused_matmuls"]] == ["batched_gemv"] * 2

@@ -21,7 +21,7 @@ def test_tune_then_generate(compiled, tmp_path):
         assert len(rows) == 1 + len(manifest["kernels"][main]["alternates"])
         assert all(r["us"] > 0 for r in rows.values())
     tuned = load(mod)
-    used = {d["kernel"] for d in tuned.module.manifest["phases"]["decode"]["dispatches"]}
+    used = {d["kernel"] for plan in tuned.module.manifest["phases"].values() for d in plan["dispatches"]}
     assert set(out["choices"].values()) <= used
     prompt = [7, 8, 9, 10]
     assert list(tuned.generate(prompt, 12)) == list(load(src).generate(prompt, 12))

@@ -16,6 +16,10 @@ from collections.abc import Callable
 from tvm import tirx
 from tvm.script import tirx as T
 
+from ir.graph import Graph, Node
+from lowering.kernels.common import bytes_expr
+from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+
 # (ts, tr): tried by the tuner; the first is the default where no tuning result exists.
 VARIANTS: tuple[tuple[int, int], ...] = ((2, 64), (4, 32), (1, 128), (4, 64), (8, 32), (1, 256), (2, 128))
 
@@ -31,8 +35,17 @@ def parse_variant(name: str) -> tuple[int, int] | None:
     return None
 
 
-def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int) -> Callable[[], object]:
-    """A builder of the scheduled PrimFunc (built lazily: TVMScript parsing costs ~20 ms)."""
+def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, norm_eps: float | None = None,
+              swiglu: bool = False) -> Callable[[], object]:
+    """A builder of the scheduled PrimFunc (built lazily: TVMScript parsing costs ~20 ms).
+
+    Fusions that ride on the same loop (decode only, see ``lowering.passes.fuse_decode_gemv``):
+    ``norm_eps``: RMSNorm of the activation as a prologue: the same loads of ``A`` accumulate
+    ``sum(a * a)``, the weight is multiplied by ``a * g``, and the row result is scaled by
+    ``rsqrt(mean + eps)`` at the end (every workgroup recomputes the tiny norm instead of a
+    separate dispatch). ``swiglu``: two weights (gate, up) read in the same loop,
+    ``C = silu(A W^T) * (A U^T)``.
+    """
     if k % 4:
         raise ValueError("vec4 GEMV needs K divisible by 4")
     k4 = k // 4
@@ -41,37 +54,85 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int) -> 
     if 1 << levels != tr:
         raise ValueError("tr must be a power of two")
     wvec = f"{wdtype}x4"
+    norm = norm_eps is not None
+    eps = float(norm_eps or 0.0)
+    nred = 1 + swiglu + norm  # reduced values per row: dot(s), sum of squares
 
     def build():
         @T.prim_func(private=True)
-        def gemv(A: T.Buffer((1, k4), "float32x4"), W: T.Buffer((n, k4), dtype=wvec), R: T.Buffer((1, n), "float32"),
+        def gemv(A: T.Buffer((1, k4), "float32x4"), W: T.Buffer((n, k4), dtype=wvec),
+                 U: T.Buffer((n, k4), dtype=wvec), G: T.Buffer((k4,), dtype=wvec), R: T.Buffer((1, n), "float32"),
                  C: T.Buffer((1, n), "float32")):
             for bx in T.thread_binding((n + ts - 1) // ts, thread="blockIdx.x"):
                 for ty in T.thread_binding(ts, thread="threadIdx.y"):
                     for tx in T.thread_binding(tr, thread="threadIdx.x"):
-                        red = T.alloc_buffer((ts, tr), "float32", scope="shared")
-                        acc = T.alloc_buffer((1,), "float32", scope="local")
+                        # one buffer per reduced value: the sync planner treats a buffer as a whole
+                        red0 = T.alloc_buffer((ts, tr), "float32", scope="shared")
+                        red1 = T.alloc_buffer((ts, tr), "float32", scope="shared")
+                        red2 = T.alloc_buffer((ts, tr), "float32", scope="shared")
+                        acc = T.alloc_buffer((max(nred, 2),), "float32", scope="local")
+                        a = T.alloc_buffer((1,), "float32x4", scope="local")
                         row = T.min(bx * ts + ty, n - 1)
                         acc[0] = T.float32(0)
+                        if nred > 1:
+                            acc[1] = T.float32(0)
+                        if nred > 2:
+                            acc[2] = T.float32(0)
                         for i in T.unroll(steps):
                             if k4 % tr == 0 or i * tr + tx < k4:
+                                a[0] = A[0, i * tr + tx]
+                                if norm:
+                                    acc[nred - 1] = acc[nred - 1] + T.call_pure_extern("float32", "dot", a[0], a[0])
+                                    a[0] = a[0] * T.Cast("float32x4", G[i * tr + tx])
                                 acc[0] = acc[0] + T.call_pure_extern(
-                                    "float32", "dot", A[0, i * tr + tx], T.Cast("float32x4", W[row, i * tr + tx]))
-                        red[ty, tx] = acc[0]
+                                    "float32", "dot", a[0], T.Cast("float32x4", W[row, i * tr + tx]))
+                                if swiglu:
+                                    acc[1] = acc[1] + T.call_pure_extern(
+                                        "float32", "dot", a[0], T.Cast("float32x4", U[row, i * tr + tx]))
+                        red0[ty, tx] = acc[0]
+                        if nred > 1:
+                            red1[ty, tx] = acc[1]
+                        if nred > 2:
+                            red2[ty, tx] = acc[2]
                         T.tvm_storage_sync("shared")
                         for s in T.unroll(levels):
-                            if tx < (tr >> (s + 1)):
-                                red[ty, tx] = red[ty, tx] + red[ty, tx + (tr >> (s + 1))]
+                            if tx < (tr >> (s + 1)):  # unrolled by hand: no loops under a sync'd condition
+                                red0[ty, tx] = red0[ty, tx] + red0[ty, tx + (tr >> (s + 1))]
+                                if nred > 1:
+                                    red1[ty, tx] = red1[ty, tx] + red1[ty, tx + (tr >> (s + 1))]
+                                if nred > 2:
+                                    red2[ty, tx] = red2[ty, tx] + red2[ty, tx + (tr >> (s + 1))]
                             T.tvm_storage_sync("shared")
                         if tx == 0 and bx * ts + ty < n:
+                            acc[0] = red0[ty, 0]
+                            acc[1] = T.float32(1)
+                            if norm:  # the sum of squares is the last reduced value
+                                acc[1] = T.rsqrt((red2[ty, 0] if swiglu else red1[ty, 0]) / T.float32(k)
+                                                 + T.float32(eps))
+                            acc[0] = acc[0] * acc[1]
+                            if swiglu:
+                                acc[0] = acc[0] / (T.float32(1) + T.exp(-acc[0])) * (red1[ty, 0] * acc[1])
                             if residual:
-                                C[0, bx * ts + ty] = red[ty, 0] + R[0, bx * ts + ty]
-                            else:
-                                C[0, bx * ts + ty] = red[ty, 0]
+                                acc[0] = acc[0] + R[0, bx * ts + ty]
+                            C[0, bx * ts + ty] = acc[0]
 
-        if residual:
-            return gemv
-        # without the epilogue the body never reads R; drop the param so it is not a binding
-        return tirx.PrimFunc([p for p in gemv.params if p.name != "R"], gemv.body, gemv.ret_type, gemv.attrs)
+        # drop the params this variant never reads (each param is a binding)
+        unused = {name for name, used in (("U", swiglu), ("G", norm), ("R", residual)) if not used}
+        return tirx.PrimFunc([p for p in gemv.params if p.name not in unused], gemv.body, gemv.ret_type,
+                             gemv.attrs)
 
     return build
+
+
+@generator("fused_gemv")
+def fused_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    w = g[node.inputs[1]]
+    n, k = w.shape
+    swiglu, eps, res = bool(node.attrs.get("swiglu")), node.attrs.get("norm_eps"), node.attrs.get("epilogue") == "add"
+    key = f"fused_gemv:{n}x{k}:{w.dtype}:swiglu{swiglu}:norm{eps}:res{res}"
+    order = sorted(VARIANTS, key=lambda v: variant_name(*v) != opts.tuned(key))
+    variants = [(variant_name(ts, tr), gemv_func(n, k, w.dtype, res, ts, tr, eps, swiglu)) for ts, tr in order]
+    ctx = opts.max_context
+    return KernelSpec(key, "gemv", variants[0][1], [*node.inputs, node.name], [len(node.inputs)],
+                      flops=f"{2 * (1 + swiglu)}*{n}*{k}",
+                      bytes=bytes_expr([g[i] for i in node.inputs] + [node], ctx), variants=variants)

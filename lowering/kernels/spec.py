@@ -48,7 +48,7 @@ def generator(*ops: str) -> Callable[[Generator], Generator]:
 
 def spec_for(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     # import for registration side effects
-    from lowering.kernels import attention, elementwise, matmul, memory, norm, softmax  # noqa: F401
+    from lowering.kernels import attention, elementwise, gemv, matmul, memory, norm, softmax  # noqa: F401
 
     if node.op not in GENERATORS:
         raise KeyError(f"no kernel generator for op {node.op!r} (node {node.name})")

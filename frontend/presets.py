@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # tiny-gqa4: GQA 4, 3 layers, heads * head_dim != hidden_size
     "tiny-gqa4": dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=8,
                       num_key_value_heads=2, head_dim=16, vocab_size=509, tie_word_embeddings=False,
-                      max_position_embeddings=512),
+                      max_position_embeddings=1024),
     # small: a few layers at moderate width, for quick end-to-end runs on lavapipe
     "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4, head_dim=32, vocab_size=4099, tie_word_embeddings=True,

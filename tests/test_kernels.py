@@ -33,7 +33,7 @@ def _cases(module):
             seen.add(d["kernel"])
             for seq in seqs:
                 # decode: one and several chunks of the fused attention's cache walk
-                for past in ((0, 5) if phase == "prefill" else (0, 40, 290)):
+                for past in ((0, 5) if phase == "prefill" else (0, 40, 290, 700)):
                     yield phase, g, d, seq, seq + past
 
 
@@ -45,7 +45,7 @@ def _random(shape, dtype, rng, vocab):
 
 @pytest.mark.parametrize("wdtype,tol", [("float32", 1e-5), ("float16", 2e-3)])
 def test_every_kernel_against_numpy(compiled, wdtype, tol):
-    module = load_compiled(compiled("tiny-gqa4", "f32", wdtype, max_context=300, prefill_chunk=64))
+    module = load_compiled(compiled("tiny-gqa4", "f32", wdtype, max_context=704, prefill_chunk=64))
     dev = open_device()
     vocab = module.config["vocab_size"]
     launchers = {}

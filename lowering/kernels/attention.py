@@ -2,8 +2,8 @@
 
 Explicitly scheduled TIR (no dlight rule covers a reduction, a softmax and a second reduction in
 one kernel). One workgroup per query head; its kv head is ``h // group`` (GQA without copies).
-The cache is walked in chunks of ``threads`` positions with an online softmax: each thread scores
-one position (a vec4 dot product over the head dim, q kept in shared memory), the workgroup
+The cache is walked in chunks of ``threads * per_thread`` positions with an online softmax (fewer
+chunks: fewer barriers): each thread scores ``per_thread`` positions (a vec4 dot product over the head dim, q kept in shared memory), the workgroup
 reduces the chunk's max and sum, then each thread accumulates one vec4 lane of the output over a
 strided subset of the chunk's positions (consecutive threads read consecutive vec4s of a V row:
 coalesced; unrolled, so the loads overlap), and the position groups are summed at the end. The
@@ -24,9 +24,10 @@ def supports(head_dim: int) -> bool:
     return head_dim % 4 == 0 and hd4 & (hd4 - 1) == 0 and head_dim <= 512
 
 
-def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads: int):
+def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads: int, per_thread: int):
     group = nh // nkv
     hd4 = hd // 4
+    chunk = threads * per_thread  # cache positions per step of the walk
     groups = threads // hd4  # PV: thread = (position group, vec4 lane of the head dim)
     levels = threads.bit_length() - 1
     neg = -3.0e38  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
@@ -38,10 +39,11 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
         for h in T.thread_binding(nh, thread="blockIdx.x"):
             for tx in T.thread_binding(threads, thread="threadIdx.x"):
                 q_sh = T.alloc_buffer((hd4,), "float32x4", scope="shared")
-                p_sh = T.alloc_buffer((threads,), "float32", scope="shared")
+                p_sh = T.alloc_buffer((chunk,), "float32", scope="shared")
                 red = T.alloc_buffer((threads,), "float32", scope="shared")
                 o_sh = T.alloc_buffer((threads,), "float32x4", scope="shared")
-                st = T.alloc_buffer((5,), "float32", scope="local")  # m, l, s, m_new, alpha
+                st = T.alloc_buffer((5,), "float32", scope="local")  # m, l, local max/sum, m_new, alpha
+                sc = T.alloc_buffer((per_thread,), "float32", scope="local")  # this thread's scores
                 acc = T.alloc_buffer((1,), "float32x4", scope="local")
                 if tx < hd4:
                     q_sh[tx] = Q[0, h, 0, tx]
@@ -49,15 +51,18 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
                 st[1] = T.float32(0)
                 acc[0] = T.Broadcast(T.float32(0), 4)
                 T.tvm_storage_sync("shared")
-                for c in range((total + threads - 1) // threads):
-                    # scores: thread tx <- position c * threads + tx
+                for c in range((total + chunk - 1) // chunk):
+                    # scores: thread tx <- positions c * chunk + p * threads + tx
                     st[2] = T.float32(neg)
-                    if c * threads + tx < total:
-                        st[2] = T.float32(0)
-                        for i in T.unroll(hd4):
-                            st[2] = st[2] + T.call_pure_extern("float32", "dot", q_sh[i],
-                                                               K[h // group, c * threads + tx, i])
-                        st[2] = st[2] * T.float32(scale)
+                    for p in T.unroll(per_thread):
+                        sc[p] = T.float32(neg)
+                        if c * chunk + p * threads + tx < total:
+                            sc[p] = T.float32(0)
+                            for i in T.unroll(hd4):
+                                sc[p] = sc[p] + T.call_pure_extern("float32", "dot", q_sh[i],
+                                                                   K[h // group, c * chunk + p * threads + tx, i])
+                            sc[p] = sc[p] * T.float32(scale)
+                        st[2] = T.max(st[2], sc[p])
                     red[tx] = st[2]
                     T.tvm_storage_sync("shared")
                     for s in T.unroll(levels):
@@ -66,8 +71,11 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
                         T.tvm_storage_sync("shared")
                     st[3] = T.max(st[0], red[0])
                     T.tvm_storage_sync("shared")
-                    p_sh[tx] = T.exp(st[2] - st[3])
-                    red[tx] = p_sh[tx]
+                    st[2] = T.float32(0)
+                    for p in T.unroll(per_thread):
+                        p_sh[p * threads + tx] = T.exp(sc[p] - st[3])
+                        st[2] = st[2] + p_sh[p * threads + tx]
+                    red[tx] = st[2]
                     T.tvm_storage_sync("shared")
                     for s in T.unroll(levels):
                         if tx < (threads >> (s + 1)):
@@ -78,10 +86,11 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
                     st[0] = st[3]
                     # PV: lane tx % hd4 of positions tx // hd4, + groups, ... of this chunk
                     acc[0] = acc[0] * T.Broadcast(st[4], 4)
-                    for j in T.unroll(hd4):
-                        if c * threads + j * groups + tx // hd4 < total:
-                            acc[0] = acc[0] + T.Broadcast(p_sh[j * groups + tx // hd4], 4) * V[
-                                h // group, c * threads + j * groups + tx // hd4, tx % hd4]
+                    for jo in range(T.min(chunk, total - c * chunk + groups * 4 - 1) // (groups * 4)):
+                        for ji in T.unroll(4):
+                            if c * chunk + (jo * 4 + ji) * groups + tx // hd4 < total:
+                                acc[0] = acc[0] + T.Broadcast(p_sh[(jo * 4 + ji) * groups + tx // hd4], 4) * V[
+                                    h // group, c * chunk + (jo * 4 + ji) * groups + tx // hd4, tx % hd4]
                     T.tvm_storage_sync("shared")
                 o_sh[tx] = acc[0]
                 T.tvm_storage_sync("shared")
@@ -101,12 +110,12 @@ def attention(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     nkv = kc.shape[0]
     if m != 1 or not supports(hd):
         raise KeyError("fused attention needs one query row and a supported head_dim")
-    threads = 128
+    threads, per_thread = 128, 4
     ctx, scale = opts.max_context, float(node.attrs["scale"])
-    name = f"attention-decode(threads={threads})"
+    name = f"attention-decode(threads={threads},positions/thread={per_thread})"
 
     def build():
-        return _attention_func(nh, nkv, hd, ctx, scale, threads)
+        return _attention_func(nh, nkv, hd, ctx, scale, threads, per_thread)
 
     kv_bytes = f"2*4*{nkv}*total*{hd}"
     return KernelSpec(f"attention:{shape_key(q)}x{shape_key(kc)}:s{scale!r}", "attention", build,

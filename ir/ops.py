@@ -123,8 +123,17 @@ def _concat(ins, attrs):
 
 
 def _kv_cache_write(ins, attrs):
-    (cache, cd), (new, _) = ins
-    _need(len(cache) == 3 and len(new) == 3 and cache[0] == new[1] and cache[2] == new[2],
+    """Writes rows past..total of the cache in place. What is written: ``new`` [seq, kv, d]; with
+    ``norm_eps``/``theta``, rope(rms_norm(new, w)); with ``gemv``, the GEMV x [1, K] x W [kv*d, K]^T
+    (RMSNorm prologue when gemv.norm_eps) - the producer fused into the write."""
+    (cache, cd), (new, _), *extra = ins
+    _need(len(cache) == 3, f"kv_cache_write: cache {fmt(cache)} is not [kv, ctx, d]")
+    if attrs.get("gemv") is not None:
+        (w, _), *_ = extra
+        _need(len(new) == 2 and new[0] == 1 and tuple(w) == (cache[0] * cache[2], new[1]),
+              f"kv_cache_write(gemv): x {fmt(new)}, W {fmt(w)} do not produce one row of {fmt(cache)}")
+        return cache, cd
+    _need(len(new) == 3 and cache[0] == new[1] and cache[2] == new[2],
           f"kv_cache_write: cache {fmt(cache)} vs new {fmt(new)} (expected [kv,ctx,d] and [seq,kv,d])")
     return cache, cd
 

@@ -93,8 +93,15 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
     if op == "transpose":
         return np.ascontiguousarray(np.transpose(args[0], at["perm"]))
     if op == "kv_cache_write":
-        cache = args[0].copy()
-        cache[:, past:total, :] = np.transpose(args[1], (1, 0, 2))
+        cache, new, *extra = args
+        if at.get("gemv") is not None:
+            gemv = Node(n.name, "fused_gemv", [], (), "float32", dict(at["gemv"]))
+            new = _eval(gemv, [new, *extra], dims).reshape(1, cache.shape[0], cache.shape[2])
+        elif at.get("norm_eps") is not None:
+            new = _eval(Node(n.name, "rms_norm_rope", [], (), "float32", {"eps": at["norm_eps"], "theta": at["theta"]}),
+                        [new, *extra], dims)
+        cache = cache.copy()
+        cache[:, past:total, :] = np.transpose(new, (1, 0, 2))
         return cache
     if op == "kv_cache_read":
         return args[0][None, :, :total, :]

@@ -229,3 +229,37 @@ def fuse_decode_gemv(g: Graph, opts: LowerOptions) -> Graph:
     if g.meta.get("dims", {}).get("seq") != 1:
         return g
     return _fuse_norm_prologue(_fuse_swiglu(g))
+
+
+def fuse_kv_writes(g: Graph, opts: LowerOptions) -> Graph:
+    """Fold the producer of each KV-cache write into the write, so the new K/V rows go straight
+    into the cache: ``rms_norm_rope`` (K: q/k-norm + RoPE + write in one kernel) and, in decode,
+    the V projection GEMV (the GEMV's epilogue stores into the cache row)."""
+    users = _users(g)
+    new: dict[str, Node] = {}
+    dropped: set[str] = set()
+    for w in g.by_op("kv_cache_write"):
+        if len(w.inputs) != 2:
+            continue
+        src = g[w.inputs[1]]
+        if src.op == "rms_norm_rope" and users[src.name] == [w.name]:
+            new[w.name] = Node(w.name, w.op, [w.inputs[0], *src.inputs], w.shape, w.dtype,
+                               {**w.attrs, "norm_eps": src.attrs["eps"], "theta": src.attrs["theta"],
+                                "covers": [*src.attrs.get("covers", [src.name]), w.name]})
+            dropped.add(src.name)
+            continue
+        if src.op != "reshape" or users[src.name] != [w.name]:
+            continue
+        mm = g[src.inputs[0]]
+        plain = _plain_gemv(g, mm) or (mm.op == "fused_gemv" and not mm.attrs.get("swiglu")
+                                       and "epilogue" not in mm.attrs)
+        if not plain or users[mm.name] != [src.name] or "split_of" in mm.attrs:
+            continue
+        gemv = {"norm_eps": mm.attrs.get("norm_eps")}
+        fused = mm.attrs.get("fused_matmuls", [_gemv_info(mm)])
+        new[w.name] = Node(w.name, w.op, [w.inputs[0], *mm.inputs], w.shape, w.dtype,
+                           {**w.attrs, "gemv": gemv, "kernel_class": "gemv", "fused_matmuls": fused,
+                            "covers": [*mm.attrs.get("covers", [mm.name]), w.name],
+                            "reason": mm.attrs.get("reason", "") + "; the GEMV stores its row into the KV cache"})
+        dropped |= {src.name, mm.name}
+    return Graph.from_nodes(g.phase, g.meta, [new.get(n.name, n) for n in g.nodes() if n.name not in dropped])

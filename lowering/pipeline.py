@@ -14,6 +14,7 @@ from lowering.passes import (
     fuse_decode_attention,
     fuse_decode_gemv,
     fuse_elementwise,
+    fuse_kv_writes,
     set_weight_dtype,
     split_large_weights,
 )
@@ -28,6 +29,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("elide_layout_transposes", elide_layout_transposes),
     ("fuse_decode_attention", fuse_decode_attention),
     ("fuse_decode_gemv", fuse_decode_gemv),
+    ("fuse_kv_writes", fuse_kv_writes),
 ]
 PASS_NAMES = ["trace"] + [name for name, _ in PASSES]
 

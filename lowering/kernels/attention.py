@@ -3,7 +3,8 @@
 Explicitly scheduled TIR (no dlight rule covers a reduction, a softmax and a second reduction in
 one kernel). One workgroup per query head; its kv head is ``h // group`` (GQA without copies).
 The cache is walked in chunks of ``threads * per_thread`` positions with an online softmax (fewer
-chunks: fewer barriers): each thread scores ``per_thread`` positions (a vec4 dot product over the head dim, q kept in shared memory), the workgroup
+chunks: fewer barriers): each thread scores ``per_thread`` positions (a vec4 dot product over the
+head dim, q kept in shared memory), the workgroup
 reduces the chunk's max and sum, then each thread accumulates one vec4 lane of the output over a
 strided subset of the chunk's positions (consecutive threads read consecutive vec4s of a V row:
 coalesced; unrolled, so the loads overlap), and the position groups are summed at the end. The

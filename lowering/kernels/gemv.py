@@ -36,7 +36,7 @@ def parse_variant(name: str) -> tuple[int, int] | None:
 
 
 def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, norm_eps: float | None = None,
-              swiglu: bool = False) -> Callable[[], object]:
+              swiglu: bool = False, kv_cache: tuple[int, int, int] | None = None) -> Callable[[], object]:
     """A builder of the scheduled PrimFunc (built lazily: TVMScript parsing costs ~20 ms).
 
     Fusions that ride on the same loop (decode only, see ``lowering.passes.fuse_decode_gemv``):
@@ -44,7 +44,9 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
     ``sum(a * a)``, the weight is multiplied by ``a * g``, and the row result is scaled by
     ``rsqrt(mean + eps)`` at the end (every workgroup recomputes the tiny norm instead of a
     separate dispatch). ``swiglu``: two weights (gate, up) read in the same loop,
-    ``C = silu(A W^T) * (A U^T)``.
+    ``C = silu(A W^T) * (A U^T)``. ``kv_cache=(kv_heads, ctx, head_dim)``: ``C`` is that KV cache
+    and row ``r`` is stored at ``[r // head_dim, total - 1, r % head_dim]`` (the V projection
+    writes the cache itself).
     """
     if k % 4:
         raise ValueError("vec4 GEMV needs K divisible by 4")
@@ -57,12 +59,15 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
     norm = norm_eps is not None
     eps = float(norm_eps or 0.0)
     nred = 1 + swiglu + norm  # reduced values per row: dot(s), sum of squares
+    to_cache = kv_cache is not None
+    kvh, ctx, hd = kv_cache or (1, 1, n)
+    csize = kvh * ctx * hd if to_cache else n
 
     def build():
         @T.prim_func(private=True)
         def gemv(A: T.Buffer((1, k4), "float32x4"), W: T.Buffer((n, k4), dtype=wvec),
                  U: T.Buffer((n, k4), dtype=wvec), G: T.Buffer((k4,), dtype=wvec), R: T.Buffer((1, n), "float32"),
-                 C: T.Buffer((1, n), "float32")):
+                 C: T.Buffer((csize,), "float32"), total: T.int32):
             for bx in T.thread_binding((n + ts - 1) // ts, thread="blockIdx.x"):
                 for ty in T.thread_binding(ts, thread="threadIdx.y"):
                     for tx in T.thread_binding(tr, thread="threadIdx.x"):
@@ -114,10 +119,14 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
                                 acc[0] = acc[0] / (T.float32(1) + T.exp(-acc[0])) * (red1[ty, 0] * acc[1])
                             if residual:
                                 acc[0] = acc[0] + R[0, bx * ts + ty]
-                            C[0, bx * ts + ty] = acc[0]
+                            if to_cache:
+                                C[(bx * ts + ty) // hd * ctx * hd + (total - 1) * hd + (bx * ts + ty) % hd] = acc[0]
+                            else:
+                                C[bx * ts + ty] = acc[0]
 
         # drop the params this variant never reads (each param is a binding)
-        unused = {name for name, used in (("U", swiglu), ("G", norm), ("R", residual)) if not used}
+        unused = {name for name, used in (("U", swiglu), ("G", norm), ("R", residual), ("total", to_cache))
+                  if not used}
         return tirx.PrimFunc([p for p in gemv.params if p.name not in unused], gemv.body, gemv.ret_type,
                              gemv.attrs)
 
@@ -136,3 +145,18 @@ def fused_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     return KernelSpec(key, "gemv", variants[0][1], [*node.inputs, node.name], [len(node.inputs)],
                       flops=f"{2 * (1 + swiglu)}*{n}*{k}",
                       bytes=bytes_expr([g[i] for i in node.inputs] + [node], ctx), variants=variants)
+
+
+def kv_write_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    """``kv_cache_write(cache, x, W[, norm weight])`` with attrs.gemv: the GEMV stores into the cache."""
+    cache, w = g[node.inputs[0]], g[node.inputs[2]]
+    n, k = w.shape
+    eps = node.attrs["gemv"].get("norm_eps")
+    ctx = opts.max_context
+    kv = (cache.shape[0], ctx, cache.shape[2])
+    key = f"kv_write_gemv:{n}x{k}:{w.dtype}:norm{eps}:{kv}"
+    order = sorted(VARIANTS, key=lambda v: variant_name(*v) != opts.tuned(key))
+    variants = [(variant_name(ts, tr), gemv_func(n, k, w.dtype, False, ts, tr, eps, kv_cache=kv)) for ts, tr in order]
+    ins = node.inputs[1:]
+    return KernelSpec(key, "gemv", variants[0][1], [*ins, cache.name], [len(ins)], flops=f"2*{n}*{k}",
+                      bytes=bytes_expr([*(g[i] for i in ins)], ctx) + f" + 4*{n}", variants=variants)

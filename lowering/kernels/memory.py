@@ -8,6 +8,7 @@ from tvm.script import tirx as T
 
 from ir.graph import Graph, Node
 from lowering.kernels.common import bytes_expr, dim_vars, placeholder, shape_key, te_shape
+from lowering.kernels.elementwise import rope_tables
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 
 
@@ -55,10 +56,58 @@ def _kv_write_func(nkv: int, ctx: int, hd: int):
     return kv_write
 
 
+def _norm_rope_write_func(nkv: int, ctx: int, hd: int, wdtype: str, eps: float):
+    """K rows: RMSNorm over the head dim, rotate-half RoPE at position past + s, stored into the
+    cache. One workgroup per (position, kv head), one thread per element, shared-memory sum."""
+    threads = 1 << (hd - 1).bit_length()
+    half = hd // 2
+    levels = threads.bit_length() - 1
+
+    @T.prim_func(private=True)
+    def norm_rope_write(cache: T.Buffer((nkv, ctx, hd), "float32"), var_new: T.handle,
+                        W: T.Buffer((hd,), dtype=wdtype), cos: T.Buffer((ctx, half), "float32"),
+                        sin: T.Buffer((ctx, half), "float32"), total: T.int32):
+        seq = T.int32()
+        new = T.match_buffer(var_new, (seq, nkv, hd))
+        for b in T.thread_binding(seq * nkv, thread="blockIdx.x"):
+            for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                xs = T.alloc_buffer((hd,), "float32", scope="shared")
+                red = T.alloc_buffer((threads,), "float32", scope="shared")
+                red[tx] = T.float32(0)
+                if tx < hd:
+                    xs[tx] = new[b // nkv, b % nkv, tx]
+                    red[tx] = xs[tx] * xs[tx]
+                T.tvm_storage_sync("shared")
+                for s in T.unroll(levels):
+                    if tx < (threads >> (s + 1)):
+                        red[tx] = red[tx] + red[tx + (threads >> (s + 1))]
+                    T.tvm_storage_sync("shared")
+                if tx < hd:
+                    cache[b % nkv, total - seq + b // nkv, tx] = T.rsqrt(red[0] / T.float32(hd) + T.float32(eps)) * (
+                        xs[tx] * T.Cast("float32", W[tx]) * cos[total - seq + b // nkv, tx % half]
+                        + T.if_then_else(tx < half, -xs[T.min(tx + half, hd - 1)] * T.Cast("float32", W[T.min(
+                            tx + half, hd - 1)]), xs[T.max(tx - half, 0)] * T.Cast("float32", W[T.max(tx - half, 0)]))
+                        * sin[total - seq + b // nkv, tx % half])
+
+    return norm_rope_write
+
+
 @generator("kv_cache_write")
 def kv_cache_write(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    if node.attrs.get("gemv") is not None:
+        from lowering.kernels.gemv import kv_write_gemv
+
+        return kv_write_gemv(node, g, opts)
     cache, new = g[node.inputs[0]], g[node.inputs[1]]
     nkv, _, hd = cache.shape
     ctx = opts.max_context
+    if node.attrs.get("norm_eps") is not None:
+        w = g[node.inputs[2]]
+        eps = float(node.attrs["norm_eps"])
+        consts = rope_tables(node.attrs["theta"], hd, ctx)
+        build = lambda: _norm_rope_write_func(nkv, ctx, hd, w.dtype, eps)  # noqa: E731
+        return KernelSpec(f"kv_cache_write:norm_rope:{nkv}x{ctx}x{hd}:{w.dtype}:eps{eps}:{consts[0]}", "kv_write",
+                          build, [cache.name, new.name, w.name, *consts], [0], flops=f"7*seq*{nkv}*{hd}",
+                          bytes=bytes_expr([new, new, w], ctx), variants=[("norm-rope-write", build)])
     return KernelSpec(f"kv_cache_write:{nkv}x{ctx}x{hd}", "kv_write", lambda: _kv_write_func(nkv, ctx, hd),
                       [cache.name, new.name], [0], bytes=bytes_expr([new, new], ctx))

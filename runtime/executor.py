@@ -22,11 +22,11 @@ from frontend.weights import WeightStore
 from runtime.compiled import CompiledModule
 from runtime.constants import make_constant
 from runtime.device import Device, wait_idle
+from runtime.fastpass import encoder_for
 from runtime.kernel import POD_BYTES, KernelProgram
 from runtime.launches import LaunchTable
 
 _NP = {"float16": np.float16, "float32": np.float32, "int32": np.int32}
-SUBMIT_EVERY = 64  # dispatches per submitted command buffer (see Executor._encode_overlapped)
 
 
 def _align(n: int, a: int = 16) -> int:
@@ -194,7 +194,7 @@ class Executor:
         elif profile:
             return self._step_cpu_timed(ph, phase, grids, seq, total, read_logits)
         else:
-            enc = self._encode_overlapped(ph, grids)
+            enc = self._encode(ph, grids)
         vocab = self.cfg.vocab_size
         if read_logits:
             enc.copy_buffer_to_buffer(ph.logits, 0, self.staging, 0, 4 * vocab)
@@ -208,29 +208,15 @@ class Executor:
             prof = StepProfile(phase, seq, total, list((ts[1::2] - ts[0::2]) * 1e-9), timing)
         return logits, prof
 
-    def _encode_overlapped(self, ph: _Phase, grids: list[tuple[int, int, int]]) -> Any:
-        """Encode the step in pieces of ``SUBMIT_EVERY`` dispatches and submit each piece as soon as
-        it is encoded, so the GPU runs the first layers while Python encodes the rest (encoding
-        costs about as much as the GPU work on a fast GPU). Returns the encoder of the last piece,
-        not yet submitted."""
+    def _encode(self, ph: _Phase, grids: list[tuple[int, int, int]]) -> Any:
+        """One compute pass with every dispatch of the step (one submit: measured on the H100,
+        splitting the step into several submits to overlap encoding with GPU work was slower)."""
         enc = self.device.create_command_encoder()
-        n = len(grids)
-        for start in range(0, n, SUBMIT_EVERY):
-            if start:
-                self.device.queue.submit([enc.finish()])
-                enc = self.device.create_command_encoder()
-            cp = enc.begin_compute_pass()
-            set_pipeline, set_bind_group, dispatch = cp.set_pipeline, cp.set_bind_group, cp.dispatch_workgroups
-            last = None
-            end = min(start + SUBMIT_EVERY, n)
-            for prog, group, (gx, gy, gz) in zip(ph.programs[start:end], ph.bind_groups[start:end], grids[start:end],
-                                                 strict=True):
-                if prog is not last:
-                    set_pipeline(prog.pipeline)
-                    last = prog
-                set_bind_group(0, group)
-                dispatch(gx, gy, gz)
-            cp.end()
+        cp = enc.begin_compute_pass()
+        encode = encoder_for(cp)
+        for prog, group, grid in zip(ph.programs, ph.bind_groups, grids, strict=True):
+            encode(prog.pipeline, group, grid)
+        cp.end()
         return enc
 
     def _read_logits(self) -> np.ndarray:

@@ -28,6 +28,7 @@ def _args(argv):
     ap.add_argument("--top-p", type=float)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    ap.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--profile", action="store_true", default=os.environ.get("PROFILE") == "1")
     ap.add_argument("--trace", type=Path, help="write a Chrome/Perfetto trace of the profiled steps")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt_ids = tok.encode(text, add_special_tokens=False).ids
     if not prompt_ids:
         raise UserError("the prompt is empty (it must encode to at least one token)")
-    stops = stop_ids(model.model_dir, tok)
+    stops = set() if a.ignore_eos else stop_ids(model.model_dir, tok)
     profile = a.profile or a.trace is not None
     out_ids: list[int] = []
     printed = ""

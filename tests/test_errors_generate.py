@@ -173,8 +173,8 @@ def test_ctrl_c_mid_stream(compiled):
     """SIGINT while tokens stream: what was generated stays printed, exit 130, no traceback."""
     long_mod = compiled("tiny", "f32", "float32", max_context=2048)
     p = subprocess.Popen([sys.executable, "-m", "runtime.generate", str(long_mod), "--prompt", "hello",
-                          "--max-new-tokens", "2000", "--temperature", "0"], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          "--max-new-tokens", "2000", "--temperature", "0", "--ignore-eos"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     first = p.stdout.read(1)
     assert first, p.stderr.read().decode()
     p.send_signal(signal.SIGINT)

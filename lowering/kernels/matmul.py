@@ -7,7 +7,7 @@ from __future__ import annotations
 from tvm import te
 
 from ir.graph import Graph, Node
-from lowering.kernels import gemv
+from lowering.kernels import gemm, gemv
 from lowering.kernels.common import bytes_expr, dim_vars, numel_expr, placeholder, shape_key, te_shape
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 
@@ -37,6 +37,9 @@ def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     moved = [a, w, node] + ([res] if res is not None else [])
     spec = KernelSpec(key, node.attrs["kernel_class"], build, [*node.inputs, node.name], [len(node.inputs)],
                       flops=f"2*{numel_expr(node.shape, ctx)}*{K}", bytes=bytes_expr(moved, ctx))
+    if spec.kclass == "gemm" and gemm.supports(K):
+        spec.variants = [("tiled-gemm(64x64 tile, 4x4 per thread, vec4)", gemm.gemm_func(w.shape[0], K, w.dtype,
+                                                                                      res is not None))]
     if spec.kclass == "gemv" and a.shape[0] == 1 and K % 4 == 0:
         N = w.shape[0]
         order = sorted(gemv.VARIANTS, key=lambda v: gemv.variant_name(*v) != opts.tuned(key))

@@ -96,6 +96,17 @@ def _parse(spec: KernelSpec, name: str, src: str, func, rule: str) -> Kernel:
     return Kernel(name, spec.key, spec.kclass, rule, entries[0], wgsl, bindings, pod, wg, grid)
 
 
+def _generator_digest() -> str:
+    """Hash of the kernel generator sources: an edited schedule template must not hit a stale cache."""
+    h = hashlib.sha256()
+    for f in sorted((Path(__file__).parent / "kernels").glob("*.py")) + [Path(__file__).with_name("schedule.py")]:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+_GENERATORS = _generator_digest()
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("QWEN3VK_CACHE", Path.home() / ".cache" / "qwen3-vk")) / "kernels"
 
@@ -107,8 +118,8 @@ def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True, first_vari
     func = spec.build()
     script = func.script()
     variants = [v for v, _ in spec.variants][:1 if first_variant_only else None]
-    digest = hashlib.sha256(f"{tvm.__version__}|{SCHEDULE_VERSION}|{spec.kclass}|{variants}|{script}".encode()
-                            ).hexdigest()
+    ident = f"{tvm.__version__}|{SCHEDULE_VERSION}|{_GENERATORS}|{spec.kclass}|{variants}|{script}"
+    digest = hashlib.sha256(ident.encode()).hexdigest()
     path = cache_dir() / f"{digest[:40]}.json"
     if use_cache and path.is_file():
         try:

@@ -39,8 +39,9 @@ def gemm_func(n: int, k: int, wdtype: str, residual: bool) -> Callable[[], objec
                 for bx in T.thread_binding((seq + TILE - 1) // TILE, thread="blockIdx.x"):
                     for ty in T.thread_binding(THREADS, thread="threadIdx.y"):
                         for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
-                            a_sh = T.alloc_buffer((TILE, bk4), "float32x4", scope="shared")
-                            w_sh = T.alloc_buffer((TILE, bk4), "float32x4", scope="shared")
+                            # rows padded by one vec4: threads reading rows 4 apart hit different banks
+                            a_sh = T.alloc_buffer((TILE, bk4 + 1), "float32x4", scope="shared")
+                            w_sh = T.alloc_buffer((TILE, bk4 + 1), "float32x4", scope="shared")
                             acc = T.alloc_buffer((16,), "float32", scope="local")
                             av = T.alloc_buffer((4,), "float32x4", scope="local")
                             wv = T.alloc_buffer((4,), "float32x4", scope="local")

@@ -60,7 +60,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], int, bytes]:
         try:
             dtype, shape, (s, e) = ent["dtype"], tuple(int(d) for d in ent["shape"]), ent["data_offsets"]
             s, e = int(s), int(e)
-        except (TypeError, KeyError, ValueError):
+        except (TypeError, KeyError, ValueError, OverflowError):
             raise UserError(f"{path}: corrupt safetensors header entry for tensor '{name}'") from None
         if dtype not in _ALL_KNOWN:
             raise UserError(f"{path}: tensor '{name}' has unknown dtype {dtype!r}")

@@ -176,6 +176,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--peer", choices=["hf", "none"], default="hf")
     ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--prompts", default="128,512", help="prefill prompt lengths (comma-separated)")
+    ap.add_argument("--long-context", type=int, default=1024, help="also time decode at this context (0: skip)")
     ap.add_argument("--results", type=Path, default=Path(__file__).with_name("results.jsonl"))
     a = ap.parse_args()
     command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
@@ -188,12 +190,12 @@ def main() -> int:
     metrics["gemm_ceiling_gflop_s"], gemm_what = gemm_ceiling(model)
     print(f"ceilings: copy {metrics['copy_gb_s']:.1f} GB/s; GEMM {metrics['gemm_ceiling_gflop_s']:.1f} GFLOP/s "
           f"({gemm_what})")
-    for n in (128, 512):
+    for n in (int(x) for x in a.prompts.split(",") if x):
         if n <= ctx:
             metrics[f"prefill{n}_tok_s"] = time_prefill(model, n, a.runs)
     metrics["decode_tok_s"] = time_decode(model, 128, a.new, a.runs)
-    if 1024 + 32 <= ctx:
-        metrics["decode_ctx1024_tok_s"] = time_decode(model, 1024, 32, a.runs)
+    if a.long_context and a.long_context + 32 <= ctx:
+        metrics[f"decode_ctx{a.long_context}_tok_s"] = time_decode(model, a.long_context, 32, a.runs)
     # per-op profile of a 128-token prefill and decode steps at context 128
     list(model.generate(list(range(1, 129)), 8, profile=True))
     prof = model.last_stats.profiles

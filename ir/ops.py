@@ -62,7 +62,11 @@ def _matmul(ins, attrs):
 
 def _attention(ins, attrs):
     """softmax(q k^T * scale, causal) v over the cache, GQA: q [b, heads, m, d], k/v [b, kv_heads, total, d]."""
-    (q, qd), (k, _), (v, _) = ins
+    (q, qd), (k, _), (v, _), *norm = ins
+    if attrs.get("q_norm_eps") is not None:  # raw q [1, heads, d]: q RMSNorm + RoPE in the prologue
+        _need(len(q) == 3 and q[0] == 1 and len(norm) == 1 and tuple(norm[0][0]) == (q[2],),
+              f"attention with q prologue needs q [1, heads, d] and a [d] norm weight, got {fmt(q)}")
+        q = (1, q[1], 1, q[2])
     group = attrs.get("gqa_group", 1)
     _need(len(q) == 4 and len(k) == 4 and k == v, f"attention needs q [b,h,m,d] and equal k/v, got {fmt(q)}, "
           f"{fmt(k)}, {fmt(v)}")

@@ -74,7 +74,10 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
             y = _silu(y) * (x @ u.T)
         return (y + rest.pop(0) if rest else y).astype(np.float32)
     if op == "attention":
-        q, k, v = args
+        q, k, v, *norm = args
+        if at.get("q_norm_eps") is not None:
+            rope = Node(n.name, "rms_norm_rope", [], (), "float32", {"eps": at["q_norm_eps"], "theta": at["theta"]})
+            q = _eval(rope, [q, *norm], dims).reshape(1, q.shape[1], 1, q.shape[2])
         group = at.get("gqa_group", 1)
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
         scores = Node(n.name, "softmax", [], (), "float32", {"scale": at["scale"], "causal": at["causal"]})

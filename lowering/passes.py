@@ -154,6 +154,17 @@ def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
                                "reason": "decode attention: QK^T, softmax and PV fused over the KV cache (one "
                                          "workgroup per query head, online softmax over cache chunks)"})
         dropped |= {qk.name, sm.name}
+        # q's RMSNorm + RoPE (one query row) become the attention kernel's prologue
+        chain, src = [], g[qk.inputs[0]]
+        while src.op == "reshape" and users[src.name] == [chain[-1].name if chain else qk.name]:
+            chain.append(src)
+            src = g[src.inputs[0]]
+        if src.op == "rms_norm_rope" and chain and users[src.name] == [chain[-1].name]:
+            att = fused[pv.name]
+            att.inputs = [src.inputs[0], att.inputs[1], att.inputs[2], src.inputs[1]]
+            att.attrs.update(q_norm_eps=src.attrs["eps"], theta=src.attrs["theta"],
+                             covers=[*src.attrs.get("covers", [src.name]), *att.attrs["covers"]])
+            dropped |= {src.name, *(c.name for c in chain)}
     nodes = [fused.get(n.name, n) for n in g.nodes() if n.name not in dropped]
     return Graph.from_nodes(g.phase, g.meta, nodes)
 

@@ -61,7 +61,8 @@ def test_split_and_fusion(cfg06):
     assert not g.by_op("silu") and not g.by_op("silu_mul") and not g.by_op("rms_norm")
     assert g["layers.0.mul"].attrs["swiglu"] and g["layers.0.q_proj"].attrs["norm_eps"] == 1e-6
     assert len(g.by_op("fused_gemv")) == 28 * 3 + 3  # q, k, SwiGLU per layer; 3 lm_head chunks
-    assert len(g.by_op("rms_norm_rope")) == 28  # q; k's is fused into its cache write
+    assert not g.by_op("rms_norm_rope")  # q's is the attention prologue, k's is fused into its cache write
+    assert g["layers.0.pv"].attrs["q_norm_eps"] == 1e-6
     # the producers of the cache rows write the cache: K's norm+RoPE, V's GEMV
     assert g["layers.0.k_cache_write"].attrs["theta"] and g["layers.0.v_cache_write"].attrs["gemv"]
     # decode: layout-only transposes become views; QK^T, softmax, PV become one attention kernel

@@ -12,22 +12,32 @@ running max/sum rescale the accumulator, so any cache length works with fixed sh
 With one query at position ``total - 1`` every cached position is visible: causal by construction.
 """
 
+from tvm import tirx
 from tvm.script import tirx as T
 
 from ir.graph import Graph, Node
 from lowering.kernels.common import bytes_expr, shape_key
+from lowering.kernels.elementwise import rope_tables
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 
 
 def supports(head_dim: int) -> bool:
-    """vec4 rows, and a power-of-two number of vec4 lanes so the lanes tile the workgroup."""
+    """vec4 rows (and vec4 halves for the RoPE prologue), and a power-of-two number of vec4 lanes
+    so the lanes tile the workgroup."""
     hd4 = head_dim // 4
-    return head_dim % 4 == 0 and hd4 & (hd4 - 1) == 0 and head_dim <= 512
+    return head_dim % 8 == 0 and hd4 & (hd4 - 1) == 0 and head_dim <= 512
 
 
-def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads: int, per_thread: int):
+def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads: int, per_thread: int,
+                    q_norm: tuple[float, str] | None = None):
+    """``q_norm=(eps, weight dtype)``: q arrives raw from its projection; the prologue applies
+    Qwen3's per-head q RMSNorm and RoPE at position total - 1 (tables as vec4: rotate-half pairs
+    element d with d + hd/2, i.e. vec4 lane i with i + hd/8)."""
     group = nh // nkv
     hd4 = hd // 4
+    h4 = hd4 // 2
+    prologue = q_norm is not None
+    eps, gdtype = q_norm or (0.0, "float32")
     chunk = threads * per_thread  # cache positions per step of the walk
     groups = threads // hd4  # PV: thread = (position group, vec4 lane of the head dim)
     levels = threads.bit_length() - 1
@@ -35,8 +45,9 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
 
     @T.prim_func(private=True)
     def attention(Q: T.Buffer((1, nh, 1, hd4), "float32x4"), K: T.Buffer((nkv, ctx, hd4), "float32x4"),
-                  V: T.Buffer((nkv, ctx, hd4), "float32x4"), O: T.Buffer((1, nh, 1, hd4), "float32x4"),
-                  total: T.int32):
+                  V: T.Buffer((nkv, ctx, hd4), "float32x4"), G: T.Buffer((hd4,), dtype=f"{gdtype}x4"),
+                  COS: T.Buffer((ctx, max(h4, 1)), "float32x4"), SIN: T.Buffer((ctx, max(h4, 1)), "float32x4"),
+                  O: T.Buffer((1, nh, 1, hd4), "float32x4"), total: T.int32):
         for h in T.thread_binding(nh, thread="blockIdx.x"):
             for tx in T.thread_binding(threads, thread="threadIdx.x"):
                 q_sh = T.alloc_buffer((hd4,), "float32x4", scope="shared")
@@ -46,8 +57,29 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
                 st = T.alloc_buffer((5,), "float32", scope="local")  # m, l, local max/sum, m_new, alpha
                 sc = T.alloc_buffer((per_thread,), "float32", scope="local")  # this thread's scores
                 acc = T.alloc_buffer((1,), "float32x4", scope="local")
-                if tx < hd4:
-                    q_sh[tx] = Q[0, h, 0, tx]
+                if prologue:
+                    red[tx] = T.float32(0)
+                    if tx < hd4:
+                        acc[0] = Q[0, h, 0, tx]
+                        red[tx] = T.call_pure_extern("float32", "dot", acc[0], acc[0])
+                    T.tvm_storage_sync("shared")
+                    for s in T.unroll(levels):
+                        if tx < (threads >> (s + 1)):
+                            red[tx] = red[tx] + red[tx + (threads >> (s + 1))]
+                        T.tvm_storage_sync("shared")
+                    if tx < hd4:
+                        q_sh[tx] = acc[0] * T.Broadcast(T.rsqrt(red[0] / T.float32(hd) + T.float32(eps)), 4) * T.Cast(
+                            "float32x4", G[tx])
+                    T.tvm_storage_sync("shared")
+                    if tx < hd4:
+                        acc[0] = q_sh[tx] * COS[total - 1, tx % h4] + T.if_then_else(
+                            tx < h4, -q_sh[T.min(tx + h4, hd4 - 1)], q_sh[T.max(tx - h4, 0)]) * SIN[total - 1, tx % h4]
+                    T.tvm_storage_sync("shared")
+                    if tx < hd4:
+                        q_sh[tx] = acc[0]
+                else:
+                    if tx < hd4:
+                        q_sh[tx] = Q[0, h, 0, tx]
                 st[0] = T.float32(neg)
                 st[1] = T.float32(0)
                 acc[0] = T.Broadcast(T.float32(0), 4)
@@ -100,14 +132,18 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
                         acc[0] = acc[0] + o_sh[g2 * hd4 + tx]
                     O[0, h, 0, tx] = acc[0] / T.Broadcast(st[1], 4)
 
-    return attention
+    if prologue:
+        return attention
+    # without the q prologue its params are never read; drop them (each param is a binding)
+    return tirx.PrimFunc([p for p in attention.params if p.name not in ("G", "COS", "SIN")], attention.body,
+                         attention.ret_type, attention.attrs)
 
 
 @generator("attention")
 def attention(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
-    q, k_view, v_view = (g[i] for i in node.inputs)
+    q, k_view, v_view = (g[i] for i in node.inputs[:3])
     kc, vc = g[k_view.inputs[0]], g[v_view.inputs[0]]
-    _, nh, m, hd = q.shape
+    _, nh, m, hd = node.shape
     nkv = kc.shape[0]
     if m != 1 or not supports(hd):
         raise KeyError("fused attention needs one query row and a supported head_dim")
@@ -115,11 +151,20 @@ def attention(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     ctx, scale = opts.max_context, float(node.attrs["scale"])
     name = f"attention-decode(threads={threads},positions/thread={per_thread})"
 
+    eps = node.attrs.get("q_norm_eps")
+    q_norm, extra = None, []
+    if eps is not None:
+        w = g[node.inputs[3]]
+        q_norm = (float(eps), w.dtype)
+        extra = [w.name, *rope_tables(node.attrs["theta"], hd, ctx)]
+        name += "+q_norm+rope"
+
     def build():
-        return _attention_func(nh, nkv, hd, ctx, scale, threads, per_thread)
+        return _attention_func(nh, nkv, hd, ctx, scale, threads, per_thread, q_norm)
 
     kv_bytes = f"2*4*{nkv}*total*{hd}"
-    return KernelSpec(f"attention:{shape_key(q)}x{shape_key(kc)}:s{scale!r}", "attention", build,
-                      [q.name, kc.name, vc.name, node.name], [3],
+    args = [q.name, kc.name, vc.name, *extra, node.name]
+    return KernelSpec(f"attention:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{extra[1:]}", "attention",
+                      build, args, [len(args) - 1],
                       flops=f"4*{nh}*total*{hd}", bytes=f"{bytes_expr([q, node], ctx)} + {kv_bytes}",
                       variants=[(name, build)])

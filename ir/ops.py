@@ -63,6 +63,10 @@ def _matmul(ins, attrs):
 def _attention(ins, attrs):
     """softmax(q k^T * scale, causal) v over the cache, GQA: q [b, heads, m, d], k/v [b, kv_heads, total, d]."""
     (q, qd), (k, _), (v, _), *norm = ins
+    if attrs.get("q_packed"):  # q is the first heads * d values of a packed [1, N] projection output
+        heads = k[1] * attrs.get("gqa_group", 1)
+        _need(len(q) == 2 and q[0] == 1 and q[1] >= heads * k[3], f"attention: packed q {fmt(q)} too short")
+        q = (1, heads, k[3])
     if attrs.get("q_norm_eps") is not None:  # raw q [1, heads, d]: q RMSNorm + RoPE in the prologue
         _need(len(q) == 3 and q[0] == 1 and len(norm) == 1 and tuple(norm[0][0]) == (q[2],),
               f"attention with q prologue needs q [1, heads, d] and a [d] norm weight, got {fmt(q)}")
@@ -87,6 +91,18 @@ def _fused_gemv(ins, attrs):
     for (s, _), (shape, name) in zip(rest, want, strict=True):
         _need(tuple(s) == tuple(shape), f"fused_gemv {name} is {fmt(s)}, expected {fmt(shape)}")
     return (1, w[0]), F32
+
+
+def _qkv_gemv(ins, attrs):
+    """Decode q, k, v projections as one GEMV: x [1, K] (RMSNorm prologue with the norm weight),
+    Wq/Wk/Wv [n_i, K] -> packed [1, nq + nk + nv]; the v rows are also stored into cache_v (last
+    operand, updated in place; the ``kv_cache_write`` with ``written_by`` marks it in the graph)."""
+    (x, _), (wq, _), (wk, _), (wv, _), (g, _), (cache, _) = ins
+    _need(len(x) == 2 and x[0] == 1 and all(len(w) == 2 and w[1] == x[1] for w in (wq, wk, wv)),
+          f"qkv_gemv needs x [1,K] and weights [n,K], got {fmt(x)}, {fmt(wq)}, {fmt(wk)}, {fmt(wv)}")
+    _need(tuple(g) == (x[1],) and len(cache) == 3 and cache[0] * cache[2] == wv[0],
+          f"qkv_gemv: norm weight {fmt(g)} / cache {fmt(cache)} do not match")
+    return (1, wq[0] + wk[0] + wv[0]), F32
 
 
 def _same(ins, attrs):
@@ -132,6 +148,10 @@ def _kv_cache_write(ins, attrs):
     (RMSNorm prologue when gemv.norm_eps) - the producer fused into the write."""
     (cache, cd), (new, _), *extra = ins
     _need(len(cache) == 3, f"kv_cache_write: cache {fmt(cache)} is not [kv, ctx, d]")
+    if attrs.get("packed_offset") is not None:  # one row read from a packed [1, N] projection output
+        _need(len(new) == 2 and new[0] == 1 and new[1] >= attrs["packed_offset"] + cache[0] * cache[2],
+              f"kv_cache_write: packed source {fmt(new)} too short for offset {attrs['packed_offset']}")
+        return cache, cd
     if attrs.get("gemv") is not None:
         (w, _), *_ = extra
         _need(len(new) == 2 and new[0] == 1 and tuple(w) == (cache[0] * cache[2], new[1]),
@@ -166,6 +186,7 @@ OPS: dict[str, Infer] = {
     "matmul": _matmul,
     "attention": _attention,
     "fused_gemv": _fused_gemv,
+    "qkv_gemv": _qkv_gemv,
     "rope": _rope,
     "rms_norm_rope": lambda ins, attrs: _rope([_rms_norm(ins, attrs)], attrs),
     "add": _same,

@@ -73,8 +73,14 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
         if u is not None:
             y = _silu(y) * (x @ u.T)
         return (y + rest.pop(0) if rest else y).astype(np.float32)
+    if op == "qkv_gemv":
+        x, wq, wk, wv, g, _ = args
+        x = _eval(Node(n.name, "rms_norm", [], (), "float32", {"eps": at["norm_eps"]}), [x, g], dims)
+        return (x @ np.concatenate([wq, wk, wv]).T).astype(np.float32)
     if op == "attention":
         q, k, v, *norm = args
+        if at.get("q_packed"):
+            q = q[:, : k.shape[1] * at.get("gqa_group", 1) * k.shape[3]].reshape(1, -1, k.shape[3])
         if at.get("q_norm_eps") is not None:
             rope = Node(n.name, "rms_norm_rope", [], (), "float32", {"eps": at["q_norm_eps"], "theta": at["theta"]})
             q = _eval(rope, [q, *norm], dims).reshape(1, q.shape[1], 1, q.shape[2])
@@ -97,6 +103,9 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
         return np.ascontiguousarray(np.transpose(args[0], at["perm"]))
     if op == "kv_cache_write":
         cache, new, *extra = args
+        if at.get("packed_offset") is not None:
+            off = at["packed_offset"]
+            new = new[:, off: off + cache.shape[0] * cache.shape[2]].reshape(1, cache.shape[0], cache.shape[2])
         if at.get("gemv") is not None:
             gemv = Node(n.name, "fused_gemv", [], (), "float32", dict(at["gemv"]))
             new = _eval(gemv, [new, *extra], dims).reshape(1, cache.shape[0], cache.shape[2])

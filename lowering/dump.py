@@ -39,6 +39,7 @@ def _rows(g: Graph, plan: dict, kernels: dict) -> list[dict[str, Any]]:
             "workgroup": k["workgroup"] if k else None,
             "covers": n.attrs.get("covers", [n.name]),
             "split_of": n.attrs.get("split_of"),
+            "written_by": n.attrs.get("written_by"),  # an in-place write another node's kernel performs
         })
     return rows
 
@@ -83,8 +84,13 @@ def dump(compiled_dir: Path, phase: str, fmt: str) -> str:
         extra = []
         if r["kernel"]:
             extra.append(f"kernel={r['kernel']} ({r['schedule']}) grid={r['grid']} wg={r['workgroup']}")
+        elif r["written_by"]:
+            extra.append(f"no kernel: written by {r['written_by']}'s kernel")
         if r["kernel_class"]:
             extra.append(f"{r['kernel_class'].upper()}: {r['reason']}")
+        elif r["fused_matmuls"]:
+            extra.append("; ".join(f"{m['name']}: {m['kernel_class'].upper()}" for m in r["fused_matmuls"])
+                         + f"; {r['reason']}")
         if len(r["covers"]) > 1:
             extra.append(f"fuses {r['covers']}")
         lines.append(format_node(n, "; ".join(extra)))

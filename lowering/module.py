@@ -39,8 +39,8 @@ FORMAT_VERSION = 1
 def _dispatches(g: Graph, opts: LowerOptions, specs: dict[str, KernelSpec], names: dict[str, str]) -> list[dict]:
     out = []
     for n in g.nodes():
-        if n.op in LEAF_OPS or n.op in VIEW_OPS:
-            continue
+        if n.op in LEAF_OPS or n.op in VIEW_OPS or n.attrs.get("written_by"):
+            continue  # no kernel: views, and cache writes another node's kernel performs
         try:
             spec = spec_for(n, g, opts)
         except KeyError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ir.graph import Graph, Node
+from ir.ops import LEAF_OPS
 from lowering.kernels import attention as attention_kernel
 from lowering.kernels.common import DTYPE_BYTES
 from lowering.kernels.spec import LowerOptions
@@ -274,3 +275,62 @@ def fuse_kv_writes(g: Graph, opts: LowerOptions) -> Graph:
                             "reason": mm.attrs.get("reason", "") + "; the GEMV stores its row into the KV cache"})
         dropped |= {src.name, mm.name}
     return Graph.from_nodes(g.phase, g.meta, [new.get(n.name, n) for n in g.nodes() if n.name not in dropped])
+
+
+def pack_qkv(g: Graph, opts: LowerOptions) -> Graph:
+    """Decode: q, k and v projections read the same normalized activation: one GEMV over the three
+    weights (no weight copy: three bindings, rows picked by segment) writes a packed [q | k | v]
+    row and stores v into its cache; K's norm+RoPE+write and the attention prologue read their
+    slice of the packed row. Three dispatches become one."""
+    if g.meta.get("dims", {}).get("seq") != 1:
+        return g
+    users = _users(g)
+    new: dict[str, Node] = {}
+    dropped: set[str] = set()
+
+    def gemv_with_norm(name: str) -> Node | None:
+        m = g[name]
+        ok = m.op == "fused_gemv" and m.attrs.get("norm_eps") is not None and not m.attrs.get("swiglu") \
+            and "epilogue" not in m.attrs and "split_of" not in m.attrs
+        return m if ok else None
+
+    for att in g.by_op("attention"):
+        if att.attrs.get("q_norm_eps") is None or att.attrs.get("q_packed"):
+            continue
+        q_view, kw, vw = g[att.inputs[0]], g[g[att.inputs[1]].inputs[0]], g[g[att.inputs[2]].inputs[0]]
+        if q_view.op != "reshape" or kw.op != "kv_cache_write" or vw.op != "kv_cache_write":
+            continue
+        if kw.attrs.get("norm_eps") is None or kw.attrs.get("packed_offset") is not None \
+                or vw.attrs.get("gemv") is None or g[kw.inputs[1]].op != "reshape":
+            continue
+        q_mm, k_mm = gemv_with_norm(q_view.inputs[0]), gemv_with_norm(g[kw.inputs[1]].inputs[0])
+        if q_mm is None or k_mm is None or users[q_mm.name] != [q_view.name] or users[q_view.name] != [att.name]:
+            continue
+        k_view = g[kw.inputs[1]]
+        if users[k_mm.name] != [k_view.name] or users[k_view.name] != [kw.name]:
+            continue
+        x, norm_w = q_mm.inputs[0], q_mm.inputs[-1]
+        if not (k_mm.inputs[0] == vw.inputs[1] == x and k_mm.inputs[-1] == vw.inputs[3] == norm_w
+                and q_mm.attrs["norm_eps"] == k_mm.attrs["norm_eps"] == vw.attrs["gemv"].get("norm_eps")):
+            continue
+        wq, wk, wv = q_mm.inputs[1], k_mm.inputs[1], vw.inputs[2]
+        nq, nk, nv = (g[w].shape[0] for w in (wq, wk, wv))
+        name = q_mm.name.rsplit(".", 1)[0] + ".qkv_proj"
+        fused = [*q_mm.attrs.get("fused_matmuls", []), *k_mm.attrs.get("fused_matmuls", []),
+                 *vw.attrs.get("fused_matmuls", [])]
+        new[q_mm.name] = Node(name, "qkv_gemv", [x, wq, wk, wv, norm_w, vw.inputs[0]], (1, nq + nk + nv), "float32",
+                              {"norm_eps": q_mm.attrs["norm_eps"], "kernel_class": "gemv", "fused_matmuls": fused,
+                               "covers": [*q_mm.attrs["covers"], *k_mm.attrs["covers"], *vw.attrs["covers"]],
+                               "reason": "q, k, v GEMVs share the normalized activation: one GEMV over the three "
+                                         "weights, packed [q | k | v] output, v also stored into the KV cache"})
+        new[kw.name] = Node(kw.name, kw.op, [kw.inputs[0], name, kw.inputs[2]], kw.shape, kw.dtype,
+                            {**kw.attrs, "packed_offset": nq})
+        new[vw.name] = Node(vw.name, vw.op, [vw.inputs[0], name], vw.shape, vw.dtype,
+                            {"packed_offset": nq + nk, "written_by": name, "covers": [vw.name]})
+        new[att.name] = Node(att.name, att.op, [name, *att.inputs[1:]], att.shape, att.dtype,
+                             {**att.attrs, "q_packed": True})
+        dropped |= {q_view.name, k_mm.name, k_view.name}
+    # leaves first: the packed GEMV (at q's place) reads weights traced after q
+    nodes = [new.get(n.name, n) for n in g.nodes() if n.name not in dropped]
+    return Graph.from_nodes(g.phase, g.meta, [n for n in nodes if n.op in LEAF_OPS] +
+                            [n for n in nodes if n.op not in LEAF_OPS])

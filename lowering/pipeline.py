@@ -15,6 +15,7 @@ from lowering.passes import (
     fuse_decode_gemv,
     fuse_elementwise,
     fuse_kv_writes,
+    pack_qkv,
     set_weight_dtype,
     split_large_weights,
 )
@@ -30,6 +31,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_decode_attention", fuse_decode_attention),
     ("fuse_decode_gemv", fuse_decode_gemv),
     ("fuse_kv_writes", fuse_kv_writes),
+    ("pack_qkv", pack_qkv),
 ]
 PASS_NAMES = ["trace"] + [name for name, _ in PASSES]
 

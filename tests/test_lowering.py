@@ -59,12 +59,16 @@ def test_split_and_fusion(cfg06):
     assert g["layers.0.o_proj"].attrs["epilogue"] == "add"
     # decode: gate/up/silu*mul is one SwiGLU GEMV; every RMSNorm feeding GEMVs is their prologue
     assert not g.by_op("silu") and not g.by_op("silu_mul") and not g.by_op("rms_norm")
-    assert g["layers.0.mul"].attrs["swiglu"] and g["layers.0.q_proj"].attrs["norm_eps"] == 1e-6
-    assert len(g.by_op("fused_gemv")) == 28 * 3 + 3  # q, k, SwiGLU per layer; 3 lm_head chunks
+    assert g["layers.0.mul"].attrs["swiglu"] and g["layers.0.qkv_proj"].attrs["norm_eps"] == 1e-6
+    assert len(g.by_op("fused_gemv")) == 28 + 3  # SwiGLU per layer; 3 lm_head chunks
+    # q, k, v: one GEMV with a packed output; v's rows also go to the cache (no kernel of its own)
+    assert len(g.by_op("qkv_gemv")) == 28 and g["layers.0.v_cache_write"].attrs["written_by"] == "layers.0.qkv_proj"
+    assert [m["name"] for m in g["layers.0.qkv_proj"].attrs["fused_matmuls"]] == [
+        "layers.0.q_proj", "layers.0.k_proj", "layers.0.v_proj"]
     assert not g.by_op("rms_norm_rope")  # q's is the attention prologue, k's is fused into its cache write
     assert g["layers.0.pv"].attrs["q_norm_eps"] == 1e-6
-    # the producers of the cache rows write the cache: K's norm+RoPE, V's GEMV
-    assert g["layers.0.k_cache_write"].attrs["theta"] and g["layers.0.v_cache_write"].attrs["gemv"]
+    # the producers of the cache rows write the cache: K's norm+RoPE (from the packed row), V's GEMV
+    assert g["layers.0.k_cache_write"].attrs["theta"] and g["layers.0.k_cache_write"].attrs["packed_offset"] == 2048
     # decode: layout-only transposes become views; QK^T, softmax, PV become one attention kernel
     assert not g.by_op("transpose") and not g.by_op("softmax") and len(g.by_op("attention")) == 28
     assert [m["kernel_class"] for m in g["layers.0.pv"].attrs["fused_matmuls"]] == ["batched_gemv"] * 2
@@ -88,8 +92,8 @@ def test_compile_qwen06b_and_dump(qwen06b, tmp_path):
     node = next(n for n in dec["nodes"] if n["name"] == "layers.0.down_proj")
     assert node["kernel_class"] == "gemv" and node["kernel"] and node["covers"] == ["layers.0.down_proj",
                                                                                      "layers.0.add_1"]
-    assert all(n["kernel"] for n in dec["nodes"] if n["op"] not in ("input", "weight", "reshape", "output",
-                                                                       "kv_cache_read"))
+    assert all(n["kernel"] or n["written_by"] for n in dec["nodes"] if n["op"] not in (
+        "input", "weight", "reshape", "output", "kv_cache_read"))
     text = dump(out, "decode", "text")
     assert "# summary decode: gemv=197" in text
     assert dump(out, "prefill", "dot").startswith("digraph")

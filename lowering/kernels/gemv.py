@@ -36,7 +36,8 @@ def parse_variant(name: str) -> tuple[int, int] | None:
 
 
 def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, norm_eps: float | None = None,
-              swiglu: bool = False, kv_cache: tuple[int, int, int] | None = None) -> Callable[[], object]:
+              swiglu: bool = False, kv_cache: tuple[int, int, int] | None = None,
+              segments: tuple[int, int, int] | None = None) -> Callable[[], object]:
     """A builder of the scheduled PrimFunc (built lazily: TVMScript parsing costs ~20 ms).
 
     Fusions that ride on the same loop (decode only, see ``lowering.passes.fuse_decode_gemv``):
@@ -46,7 +47,8 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
     separate dispatch). ``swiglu``: two weights (gate, up) read in the same loop,
     ``C = silu(A W^T) * (A U^T)``. ``kv_cache=(kv_heads, ctx, head_dim)``: ``C`` is that KV cache
     and row ``r`` is stored at ``[r // head_dim, total - 1, r % head_dim]`` (the V projection
-    writes the cache itself).
+    writes the cache itself). ``segments=(nq, nk, nv)``: rows come from three weights (W, U, X),
+    the output is packed [q | k | v] and the v rows also go to the ``kv_cache`` (QKV in one dispatch).
     """
     if k % 4:
         raise ValueError("vec4 GEMV needs K divisible by 4")
@@ -61,13 +63,16 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
     nred = 1 + swiglu + norm  # reduced values per row: dot(s), sum of squares
     to_cache = kv_cache is not None
     kvh, ctx, hd = kv_cache or (1, 1, n)
-    csize = kvh * ctx * hd if to_cache else n
+    seg = segments is not None
+    n1, n2, _n3 = segments or (n, n, n)
+    csize = kvh * ctx * hd if to_cache and not seg else n
 
     def build():
         @T.prim_func(private=True)
-        def gemv(A: T.Buffer((1, k4), "float32x4"), W: T.Buffer((n, k4), dtype=wvec),
-                 U: T.Buffer((n, k4), dtype=wvec), G: T.Buffer((k4,), dtype=wvec), R: T.Buffer((1, n), "float32"),
-                 C: T.Buffer((csize,), "float32"), total: T.int32):
+        def gemv(A: T.Buffer((1, k4), "float32x4"), W: T.Buffer((n1, k4), dtype=wvec),
+                 U: T.Buffer((n2, k4), dtype=wvec), X: T.Buffer((max(n - n1 - n2, 1), k4), dtype=wvec),
+                 G: T.Buffer((k4,), dtype=wvec), R: T.Buffer((1, n), "float32"), C: T.Buffer((csize,), "float32"),
+                 KV: T.Buffer((kvh * ctx * hd,), "float32"), total: T.int32):
             for bx in T.thread_binding((n + ts - 1) // ts, thread="blockIdx.x"):
                 for ty in T.thread_binding(ts, thread="threadIdx.y"):
                     for tx in T.thread_binding(tr, thread="threadIdx.x"):
@@ -89,8 +94,19 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
                                 if norm:
                                     acc[nred - 1] = acc[nred - 1] + T.call_pure_extern("float32", "dot", a[0], a[0])
                                     a[0] = a[0] * T.Cast("float32x4", G[i * tr + tx])
-                                acc[0] = acc[0] + T.call_pure_extern(
-                                    "float32", "dot", a[0], T.Cast("float32x4", W[row, i * tr + tx]))
+                                if seg:
+                                    if row < n1:
+                                        acc[0] = acc[0] + T.call_pure_extern(
+                                            "float32", "dot", a[0], T.Cast("float32x4", W[row, i * tr + tx]))
+                                    elif row < n1 + n2:
+                                        acc[0] = acc[0] + T.call_pure_extern(
+                                            "float32", "dot", a[0], T.Cast("float32x4", U[row - n1, i * tr + tx]))
+                                    else:
+                                        acc[0] = acc[0] + T.call_pure_extern(
+                                            "float32", "dot", a[0], T.Cast("float32x4", X[row - n1 - n2, i * tr + tx]))
+                                else:
+                                    acc[0] = acc[0] + T.call_pure_extern(
+                                        "float32", "dot", a[0], T.Cast("float32x4", W[row, i * tr + tx]))
                                 if swiglu:
                                     acc[1] = acc[1] + T.call_pure_extern(
                                         "float32", "dot", a[0], T.Cast("float32x4", U[row, i * tr + tx]))
@@ -119,14 +135,17 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
                                 acc[0] = acc[0] / (T.float32(1) + T.exp(-acc[0])) * (red1[ty, 0] * acc[1])
                             if residual:
                                 acc[0] = acc[0] + R[0, bx * ts + ty]
-                            if to_cache:
+                            if to_cache and not seg:
                                 C[(bx * ts + ty) // hd * ctx * hd + (total - 1) * hd + (bx * ts + ty) % hd] = acc[0]
                             else:
                                 C[bx * ts + ty] = acc[0]
+                            if seg and bx * ts + ty >= n1 + n2:
+                                KV[(bx * ts + ty - n1 - n2) // hd * ctx * hd + (total - 1) * hd
+                                   + (bx * ts + ty - n1 - n2) % hd] = acc[0]
 
         # drop the params this variant never reads (each param is a binding)
-        unused = {name for name, used in (("U", swiglu), ("G", norm), ("R", residual), ("total", to_cache))
-                  if not used}
+        unused = {name for name, used in (("U", swiglu or seg), ("X", seg), ("G", norm), ("R", residual),
+                                          ("KV", seg), ("total", to_cache)) if not used}
         return tirx.PrimFunc([p for p in gemv.params if p.name not in unused], gemv.body, gemv.ret_type,
                              gemv.attrs)
 
@@ -160,3 +179,21 @@ def kv_write_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     ins = node.inputs[1:]
     return KernelSpec(key, "gemv", variants[0][1], [*ins, cache.name], [len(ins)], flops=f"2*{n}*{k}",
                       bytes=bytes_expr([*(g[i] for i in ins)], ctx) + f" + 4*{n}", variants=variants)
+
+
+@generator("qkv_gemv")
+def qkv_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    x, wq, wk, wv, _, cache = (g[i] for i in node.inputs)
+    segs = (wq.shape[0], wk.shape[0], wv.shape[0])
+    n, k = sum(segs), x.shape[1]
+    eps = float(node.attrs["norm_eps"])
+    ctx = opts.max_context
+    kv = (cache.shape[0], ctx, cache.shape[2])
+    key = f"qkv_gemv:{segs}x{k}:{wq.dtype}:norm{eps}:{kv}"
+    order = sorted(VARIANTS, key=lambda v: variant_name(*v) != opts.tuned(key))
+    variants = [(variant_name(ts, tr), gemv_func(n, k, wq.dtype, False, ts, tr, eps, kv_cache=kv, segments=segs))
+                for ts, tr in order]
+    # PrimFunc order: A, W, U, X, G, C (packed), KV (cache)
+    args = [x.name, wq.name, wk.name, wv.name, node.inputs[4], node.name, cache.name]
+    return KernelSpec(key, "gemv", variants[0][1], args, [5, 6], flops=f"2*{n}*{k}",
+                      bytes=bytes_expr([x, wq, wk, wv, node], ctx) + f" + 4*{segs[2]}", variants=variants)

@@ -56,9 +56,11 @@ def _kv_write_func(nkv: int, ctx: int, hd: int):
     return kv_write
 
 
-def _norm_rope_write_func(nkv: int, ctx: int, hd: int, wdtype: str, eps: float):
+def _norm_rope_write_func(nkv: int, ctx: int, hd: int, wdtype: str, eps: float, packed: tuple[int, int] | None):
     """K rows: RMSNorm over the head dim, rotate-half RoPE at position past + s, stored into the
-    cache. One workgroup per (position, kv head), one thread per element, shared-memory sum."""
+    cache. One workgroup per (position, kv head), one thread per element, shared-memory sum.
+    ``packed=(offset, width)``: one decode row read from a packed [1, width] QKV output."""
+    off, width = packed or (0, nkv * hd)
     threads = 1 << (hd - 1).bit_length()
     half = hd // 2
     levels = threads.bit_length() - 1
@@ -68,14 +70,14 @@ def _norm_rope_write_func(nkv: int, ctx: int, hd: int, wdtype: str, eps: float):
                         W: T.Buffer((hd,), dtype=wdtype), cos: T.Buffer((ctx, half), "float32"),
                         sin: T.Buffer((ctx, half), "float32"), total: T.int32):
         seq = T.int32()
-        new = T.match_buffer(var_new, (seq, nkv, hd))
+        new = T.match_buffer(var_new, (seq, width))
         for b in T.thread_binding(seq * nkv, thread="blockIdx.x"):
             for tx in T.thread_binding(threads, thread="threadIdx.x"):
                 xs = T.alloc_buffer((hd,), "float32", scope="shared")
                 red = T.alloc_buffer((threads,), "float32", scope="shared")
                 red[tx] = T.float32(0)
                 if tx < hd:
-                    xs[tx] = new[b // nkv, b % nkv, tx]
+                    xs[tx] = new[b // nkv, off + b % nkv * hd + tx]
                     red[tx] = xs[tx] * xs[tx]
                 T.tvm_storage_sync("shared")
                 for s in T.unroll(levels):
@@ -105,8 +107,12 @@ def kv_cache_write(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
         w = g[node.inputs[2]]
         eps = float(node.attrs["norm_eps"])
         consts = rope_tables(node.attrs["theta"], hd, ctx)
-        build = lambda: _norm_rope_write_func(nkv, ctx, hd, w.dtype, eps)  # noqa: E731
-        return KernelSpec(f"kv_cache_write:norm_rope:{nkv}x{ctx}x{hd}:{w.dtype}:eps{eps}:{consts[0]}", "kv_write",
+        packed = None
+        if node.attrs.get("packed_offset") is not None:
+            packed = (int(node.attrs["packed_offset"]), int(new.shape[1]))
+        build = lambda: _norm_rope_write_func(nkv, ctx, hd, w.dtype, eps, packed)  # noqa: E731
+        return KernelSpec(f"kv_cache_write:norm_rope:{nkv}x{ctx}x{hd}:{w.dtype}:eps{eps}:{consts[0]}:{packed}",
+                          "kv_write",
                           build, [cache.name, new.name, w.name, *consts], [0], flops=f"7*seq*{nkv}*{hd}",
                           bytes=bytes_expr([new, new, w], ctx), variants=[("norm-rope-write", build)])
     return KernelSpec(f"kv_cache_write:{nkv}x{ctx}x{hd}", "kv_write", lambda: _kv_write_func(nkv, ctx, hd),

@@ -320,7 +320,8 @@ def pack_qkv(g: Graph, opts: LowerOptions) -> Graph:
                  *vw.attrs.get("fused_matmuls", [])]
         new[q_mm.name] = Node(name, "qkv_gemv", [x, wq, wk, wv, norm_w, vw.inputs[0]], (1, nq + nk + nv), "float32",
                               {"norm_eps": q_mm.attrs["norm_eps"], "kernel_class": "gemv", "fused_matmuls": fused,
-                               "covers": [*q_mm.attrs["covers"], *k_mm.attrs["covers"], *vw.attrs["covers"]],
+                               "covers": list(dict.fromkeys([*q_mm.attrs["covers"], *k_mm.attrs["covers"],
+                                                             *vw.attrs["covers"]])),
                                "reason": "q, k, v GEMVs share the normalized activation: one GEMV over the three "
                                          "weights, packed [q | k | v] output, v also stored into the KV cache"})
         new[kw.name] = Node(kw.name, kw.op, [kw.inputs[0], name, kw.inputs[2]], kw.shape, kw.dtype,

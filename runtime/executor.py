@@ -2,9 +2,9 @@
 
 Everything is created once: weight buffers (uploaded once, converted to the compiled dtype, row
 chunks where the plan split a weight), the KV caches, activation slots per phase, pipelines and
-bind groups. A step writes the token ids and one uniform buffer of POD args, encodes one compute
-pass (one pass per dispatch when profiling, for timestamps), submits once, and reads back only
-the logits row.
+bind groups. A step writes the token ids and one uniform buffer of POD args, encodes its
+dispatches through the fast path (``runtime.fastpass``) in two submits so the GPU starts early (one
+pass per dispatch when profiling, for timestamps), and reads back only the logits row.
 """
 
 from __future__ import annotations

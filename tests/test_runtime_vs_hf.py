@@ -72,3 +72,27 @@ def test_profile_covers_every_op(compiled):
         n = len(plans[phase]["dispatches"])
         assert f"ops on GPU: {n} of {n}; ops on CPU: 0" in text
         assert all(t >= 0 for p in model.last_stats.profiles for t in p.times)
+
+
+def test_fast_dispatch_path_equals_public_api(compiled, monkeypatch):
+    """runtime.fastpass calls wgpu-native directly; wgpu-py's public API must give identical logits."""
+    import numpy as np
+
+    import runtime.fastpass as fastpass
+
+    model = load(compiled("tiny", "f32", "float32"))
+    ex = model.executor
+
+    def run():
+        logits, _ = ex.step("prefill", np.asarray([3, 1, 4, 1, 5], np.int32), 5)
+        out = [logits]
+        for t in range(6, 40):
+            logits, _ = ex.step("decode", np.asarray([int(logits.argmax())], np.int32), t)
+            out.append(logits)
+        return out
+
+    fast = run()
+    assert fastpass._RAW is not None  # the fast path is the one in use with this wgpu
+    monkeypatch.setattr(fastpass, "_RAW", None)
+    public = run()
+    assert all(np.array_equal(a, b) for a, b in zip(fast, public, strict=True))

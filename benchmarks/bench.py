@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime import load  # noqa: E402
-from runtime.profile import report  # noqa: E402
+from runtime.profile import cost, report  # noqa: E402
 
 
 def _timer(model, name: str, sizes: list[int], seq: int, total: int):
@@ -50,17 +50,16 @@ def copy_ceiling(model) -> float:
 
 def gemm_ceiling(model) -> tuple[float, str]:
     """GFLOP/s of the module's largest prefill GEMM (a full prefill chunk), timed alone."""
-    from runtime.tune import _arg_bytes
+    from runtime.tune import arg_bytes
 
     plan = model.module.manifest["phases"]["prefill"]
     seq = model.executor.chunk
-    env = {"__builtins__": {}}
     gemms = [d for d in plan["dispatches"] if d["kclass"] == "gemm"]
-    d = max(gemms, key=lambda d: eval(d["flops"], env, {"seq": seq, "total": seq}))  # noqa: S307
-    timer = _timer(model, d["kernel"], _arg_bytes(plan, d["args"], seq, seq, model.max_context), seq, seq)
+    d = max(gemms, key=lambda d: cost(d["flops"], seq, seq))
+    timer = _timer(model, d["kernel"], arg_bytes(plan, d["args"], seq, seq, model.max_context), seq, seq)
     t = timer.seconds(reps=10)
     timer.destroy()
-    return eval(d["flops"], env, {"seq": seq, "total": seq}) / t / 1e9, f"{d['node']} seq={seq}"  # noqa: S307
+    return cost(d["flops"], seq, seq) / t / 1e9, f"{d['node']} seq={seq}"
 
 
 def roofline(profiles, plans, phase: str, copy_gb_s: float, gemm_gflop_s: float) -> tuple[str, dict]:
@@ -69,13 +68,12 @@ def roofline(profiles, plans, phase: str, copy_gb_s: float, gemm_gflop_s: float)
     steps = [p for p in profiles if p.phase == phase]
     times = np.mean([p.times for p in steps], axis=0)
     seq, total = steps[-1].seq, steps[-1].total
-    env = {"__builtins__": {}}
     agg: dict[str, list[float]] = {}
     for d, t in zip(plans[phase]["dispatches"], times, strict=True):
         a = agg.setdefault(d["kclass"], [0.0, 0.0, 0.0, 0])
         a[0] += t
-        a[1] += eval(d["bytes"], env, {"seq": seq, "total": total})  # noqa: S307
-        a[2] += eval(d["flops"], env, {"seq": seq, "total": total})  # noqa: S307
+        a[1] += cost(d["bytes"], seq, total)
+        a[2] += cost(d["flops"], seq, total)
         a[3] += 1
     step = float(times.sum())
     lines = [f"== roofline: {phase} seq={seq} total={total}; ceilings: copy {copy_gb_s:.0f} GB/s, "

@@ -9,6 +9,14 @@ from lowering.kernels.common import DTYPE_BYTES
 from lowering.kernels.spec import LowerOptions
 
 
+def _users(g: Graph) -> dict[str, list[str]]:
+    users: dict[str, list[str]] = {n.name: [] for n in g.nodes()}
+    for n in g.nodes():
+        for i in n.inputs:
+            users[i].append(n.name)
+    return users
+
+
 def set_weight_dtype(g: Graph, opts: LowerOptions) -> Graph:
     """Weights are stored on the GPU in ``opts.weight_dtype`` (converted at upload)."""
     g = g.copy()
@@ -74,10 +82,7 @@ def fuse_elementwise(g: Graph) -> Graph:
     """``silu(a) * b`` -> ``silu_mul(a, b)``; ``rope(rms_norm(x, w))`` -> ``rms_norm_rope(x, w)``;
     ``x + matmul(..)`` -> matmul with a residual epilogue. Each removes a dispatch and a round trip
     of an activation through memory."""
-    users: dict[str, list[str]] = {n.name: [] for n in g.nodes()}
-    for n in g.nodes():
-        for i in n.inputs:
-            users[i].append(n.name)
+    users = _users(g)
     nodes: list[Node] = []
     alias: dict[str, str] = {}
     dropped: set[str] = set()
@@ -129,10 +134,7 @@ def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
     workgroup). The two matmuls keep their classification on the fused node."""
     if g.meta.get("dims", {}).get("seq") != 1:
         return g
-    users: dict[str, list[str]] = {n.name: [] for n in g.nodes()}
-    for n in g.nodes():
-        for i in n.inputs:
-            users[i].append(n.name)
+    users = _users(g)
     fused: dict[str, Node] = {}
     dropped: set[str] = set()
     for pv in g.by_op("matmul"):
@@ -146,8 +148,7 @@ def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
             continue
         if not attention_kernel.supports(g[qk.inputs[0]].shape[-1]):
             continue
-        matmuls = [{"name": m.name, "kernel_class": m.attrs.get("kernel_class"), "reason": m.attrs.get("reason")}
-                   for m in (qk, pv)]
+        matmuls = [_matmul_info(m) for m in (qk, pv)]
         fused[pv.name] = Node(pv.name, "attention", [qk.inputs[0], qk.inputs[1], pv.inputs[1]], pv.shape, pv.dtype,
                               {"scale": sm.attrs["scale"], "causal": sm.attrs.get("causal", False),
                                "gqa_group": pv.attrs.get("gqa_group", 1), "fused_matmuls": matmuls,
@@ -170,16 +171,8 @@ def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
     return Graph.from_nodes(g.phase, g.meta, nodes)
 
 
-def _gemv_info(m: Node) -> dict:
+def _matmul_info(m: Node) -> dict:
     return {"name": m.name, "kernel_class": m.attrs.get("kernel_class"), "reason": m.attrs.get("reason")}
-
-
-def _users(g: Graph) -> dict[str, list[str]]:
-    users: dict[str, list[str]] = {n.name: [] for n in g.nodes()}
-    for n in g.nodes():
-        for i in n.inputs:
-            users[i].append(n.name)
-    return users
 
 
 def _plain_gemv(g: Graph, m: Node) -> bool:
@@ -198,7 +191,7 @@ def _fuse_swiglu(g: Graph) -> Graph:
                 and gate.inputs[0] == up.inputs[0] and "split_of" not in gate.attrs and "split_of" not in up.attrs):
             new[n.name] = Node(n.name, "fused_gemv", [gate.inputs[0], gate.inputs[1], up.inputs[1]], n.shape, n.dtype,
                                {"swiglu": True, "kernel_class": "gemv",
-                                "fused_matmuls": [_gemv_info(gate), _gemv_info(up)],
+                                "fused_matmuls": [_matmul_info(gate), _matmul_info(up)],
                                 "covers": [gate.name, up.name, *n.attrs.get("covers", [n.name])],
                                 "reason": "SwiGLU: gate and up GEMVs read the same activation: one GEMV over both "
                                           "weights, silu(g) * u in its epilogue"})
@@ -221,7 +214,7 @@ def _fuse_norm_prologue(g: Graph) -> Graph:
         for c in consumers:
             attrs = dict(c.attrs)
             if c.op == "matmul":
-                attrs = {"kernel_class": "gemv", "fused_matmuls": [_gemv_info(c)], "covers": [c.name],
+                attrs = {"kernel_class": "gemv", "fused_matmuls": [_matmul_info(c)], "covers": [c.name],
                          "reason": c.attrs.get("reason", "")}
                 if "split_of" in c.attrs:
                     attrs["split_of"] = c.attrs["split_of"]
@@ -268,7 +261,7 @@ def fuse_kv_writes(g: Graph, opts: LowerOptions) -> Graph:
         if not plain or users[mm.name] != [src.name] or "split_of" in mm.attrs:
             continue
         gemv = {"norm_eps": mm.attrs.get("norm_eps")}
-        fused = mm.attrs.get("fused_matmuls", [_gemv_info(mm)])
+        fused = mm.attrs.get("fused_matmuls", [_matmul_info(mm)])
         new[w.name] = Node(w.name, w.op, [w.inputs[0], *mm.inputs], w.shape, w.dtype,
                            {**w.attrs, "gemv": gemv, "kernel_class": "gemv", "fused_matmuls": fused,
                             "covers": [*mm.attrs.get("covers", [mm.name]), w.name],

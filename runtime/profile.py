@@ -11,7 +11,8 @@ import numpy as np
 from runtime.executor import StepProfile
 
 
-def _eval(expr: str, seq: int, total: int) -> float:
+def cost(expr: str, seq: int, total: int) -> float:
+    """Evaluate a dispatch's ``bytes`` / ``flops`` expression (written by the compiler) for these scalars."""
     return float(eval(expr, {"__builtins__": {}}, {"seq": seq, "total": total}))  # noqa: S307
 
 
@@ -36,8 +37,8 @@ def report(profiles: list[StepProfile], plans: dict, phase: str) -> str:
                                   "count": 0, "time": 0.0, "bytes": 0.0, "flops": 0.0})
         r["count"] += 1
         r["time"] += t
-        r["bytes"] += _eval(d["bytes"], seq, total)
-        r["flops"] += _eval(d["flops"], seq, total)
+        r["bytes"] += cost(d["bytes"], seq, total)
+        r["flops"] += cost(d["flops"], seq, total)
         by_class[d["kclass"]] = by_class.get(d["kclass"], 0.0) + t
     what = f"{phase} (mean of {len(steps)} step{'s' if len(steps) > 1 else ''}, seq={seq}, total={total}, " \
            f"timing: {steps[0].source})"

@@ -18,7 +18,7 @@ from frontend.errors import UserError, cli_main
 from ir.shapes import resolve
 
 
-def _arg_bytes(plan: dict, args: list[str], seq: int, total: int, ctx: int) -> list[int]:
+def arg_bytes(plan: dict, args: list[str], seq: int, total: int, ctx: int) -> list[int]:
     sizes = []
     for a in args:
         t = plan["tensors"][a]
@@ -37,6 +37,7 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
     from runtime.device import open_device
     from runtime.kernel import KernelProgram
     from runtime.microbench import KernelTimer
+    from runtime.profile import cost
 
     (compiled_dir / TUNING_FILE).unlink(missing_ok=True)  # measure every candidate, not a previous choice
     module = load_compiled(compiled_dir)
@@ -55,8 +56,8 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
         plan = module.manifest["phases"][phase]
         seq = 1 if phase == "decode" else module.options["prefill_chunk"]
         total = min(max(128, seq), ctx)
-        sizes = _arg_bytes(plan, d["args"], seq, total, ctx)
-        moved = eval(d["bytes"], {"__builtins__": {}}, {"seq": seq, "total": total})  # noqa: S307
+        sizes = arg_bytes(plan, d["args"], seq, total, ctx)
+        moved = cost(d["bytes"], seq, total)
         rows = {}
         for name in [main, *kernels[main]["alternates"]]:
             prog = KernelProgram(dev.device, name, kernels[name], module.wgsl[name])

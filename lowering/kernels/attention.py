@@ -19,6 +19,7 @@ from ir.graph import Graph, Node
 from lowering.kernels.common import bytes_expr, shape_key
 from lowering.kernels.elementwise import rope_tables
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+from lowering.kernels.tir_reduce import tree_reduce
 
 
 def _flushed_exp(x):
@@ -48,7 +49,6 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
     eps, gdtype = q_norm or (0.0, "float32")
     chunk = threads * per_thread  # cache positions per step of the walk
     groups = threads // hd4  # PV: thread = (position group, vec4 lane of the head dim)
-    levels = threads.bit_length() - 1
     neg = -3.0e38  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
 
     @T.prim_func(private=True)
@@ -71,10 +71,7 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
                         acc[0] = Q[0, h, 0, tx]
                         red[tx] = T.call_pure_extern("float32", "dot", acc[0], acc[0])
                     T.tvm_storage_sync("shared")
-                    for s in T.unroll(levels):
-                        if tx < (threads >> (s + 1)):
-                            red[tx] = red[tx] + red[tx + (threads >> (s + 1))]
-                        T.tvm_storage_sync("shared")
+                    tree_reduce(red, tx, threads, False)
                     if tx < hd4:
                         q_sh[tx] = acc[0] * T.Broadcast(T.rsqrt(red[0] / T.float32(hd) + T.float32(eps)), 4) * T.Cast(
                             "float32x4", G[tx])
@@ -106,10 +103,7 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
                         st[2] = T.max(st[2], sc[p])
                     red[tx] = st[2]
                     T.tvm_storage_sync("shared")
-                    for s in T.unroll(levels):
-                        if tx < (threads >> (s + 1)):
-                            red[tx] = T.max(red[tx], red[tx + (threads >> (s + 1))])
-                        T.tvm_storage_sync("shared")
+                    tree_reduce(red, tx, threads, True)
                     st[3] = T.max(st[0], red[0])
                     T.tvm_storage_sync("shared")
                     st[2] = T.float32(0)
@@ -118,10 +112,7 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
                         st[2] = st[2] + p_sh[p * threads + tx]
                     red[tx] = st[2]
                     T.tvm_storage_sync("shared")
-                    for s in T.unroll(levels):
-                        if tx < (threads >> (s + 1)):
-                            red[tx] = red[tx] + red[tx + (threads >> (s + 1))]
-                        T.tvm_storage_sync("shared")
+                    tree_reduce(red, tx, threads, False)
                     st[4] = _flushed_exp(st[0] - st[3])
                     st[1] = st[1] * st[4] + red[0]
                     st[0] = st[3]

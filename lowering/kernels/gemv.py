@@ -4,7 +4,7 @@ Why not dlight: TVM's WebGPU codegen types every storage buffer by its element, 
 "vectorized" loads come out as one 2-byte load per f16 weight. Declaring the weight and the
 activation as ``float16x4`` / ``float32x4`` buffers makes every load a 8/16-byte vector load, and
 WGSL's ``dot`` does the 4-wide multiply-add. The schedule is a family, swept by measurement
-(``benchmarks/tune_gemv.py``): ``ts`` rows per workgroup (threadIdx.y), ``tr`` threads splitting
+(``python -m runtime.tune`` on the device): ``ts`` rows per workgroup (threadIdx.y), ``tr`` threads splitting
 each row's K (threadIdx.x, consecutive threads read consecutive 8/16-byte vectors: coalesced),
 a shared-memory tree reduction across ``tr``. Row and K tails are guarded, so any N and any K
 divisible by 4 work.
@@ -28,11 +28,10 @@ def variant_name(ts: int, tr: int) -> str:
     return f"vec4-gemv(ts={ts},tr={tr})"
 
 
-def parse_variant(name: str) -> tuple[int, int] | None:
-    for ts, tr in VARIANTS:
-        if variant_name(ts, tr) == name:
-            return ts, tr
-    return None
+def schedules(n: int, k: int, wdtype: str, residual: bool = False, **fusions) -> list[tuple[str, Callable]]:
+    """Every (ts, tr) schedule of one GEMV as (name, builder), the default first; all are compiled
+    into the module and ``runtime.tune`` picks among them on the device."""
+    return [(variant_name(ts, tr), gemv_func(n, k, wdtype, residual, ts, tr, **fusions)) for ts, tr in VARIANTS]
 
 
 def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, norm_eps: float | None = None,
@@ -158,8 +157,7 @@ def fused_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     n, k = w.shape
     swiglu, eps, res = bool(node.attrs.get("swiglu")), node.attrs.get("norm_eps"), node.attrs.get("epilogue") == "add"
     key = f"fused_gemv:{n}x{k}:{w.dtype}:swiglu{swiglu}:norm{eps}:res{res}"
-    order = sorted(VARIANTS, key=lambda v: variant_name(*v) != opts.tuned(key))
-    variants = [(variant_name(ts, tr), gemv_func(n, k, w.dtype, res, ts, tr, eps, swiglu)) for ts, tr in order]
+    variants = schedules(n, k, w.dtype, res, norm_eps=eps, swiglu=swiglu)
     ctx = opts.max_context
     return KernelSpec(key, "gemv", variants[0][1], [*node.inputs, node.name], [len(node.inputs)],
                       flops=f"{2 * (1 + swiglu)}*{n}*{k}",
@@ -174,8 +172,7 @@ def kv_write_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     ctx = opts.max_context
     kv = (cache.shape[0], ctx, cache.shape[2])
     key = f"kv_write_gemv:{n}x{k}:{w.dtype}:norm{eps}:{kv}"
-    order = sorted(VARIANTS, key=lambda v: variant_name(*v) != opts.tuned(key))
-    variants = [(variant_name(ts, tr), gemv_func(n, k, w.dtype, False, ts, tr, eps, kv_cache=kv)) for ts, tr in order]
+    variants = schedules(n, k, w.dtype, norm_eps=eps, kv_cache=kv)
     ins = node.inputs[1:]
     return KernelSpec(key, "gemv", variants[0][1], [*ins, cache.name], [len(ins)], flops=f"2*{n}*{k}",
                       bytes=bytes_expr([*(g[i] for i in ins)], ctx) + f" + 4*{n}", variants=variants)
@@ -190,9 +187,7 @@ def qkv_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     ctx = opts.max_context
     kv = (cache.shape[0], ctx, cache.shape[2])
     key = f"qkv_gemv:{segs}x{k}:{wq.dtype}:norm{eps}:{kv}"
-    order = sorted(VARIANTS, key=lambda v: variant_name(*v) != opts.tuned(key))
-    variants = [(variant_name(ts, tr), gemv_func(n, k, wq.dtype, False, ts, tr, eps, kv_cache=kv, segments=segs))
-                for ts, tr in order]
+    variants = schedules(n, k, wq.dtype, norm_eps=eps, kv_cache=kv, segments=segs)
     # PrimFunc order: A, W, U, X, G, C (packed), KV (cache)
     args = [x.name, wq.name, wk.name, wv.name, node.inputs[4], node.name, cache.name]
     return KernelSpec(key, "gemv", variants[0][1], args, [5, 6], flops=f"2*{n}*{k}",

@@ -41,10 +41,7 @@ def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
         spec.variants = [("tiled-gemm(64x64 tile, 4x4 per thread, vec4)", gemm.gemm_func(w.shape[0], K, w.dtype,
                                                                                       res is not None))]
     if spec.kclass == "gemv" and a.shape[0] == 1 and K % 4 == 0:
-        N = w.shape[0]
-        order = sorted(gemv.VARIANTS, key=lambda v: gemv.variant_name(*v) != opts.tuned(key))
-        spec.variants = [(gemv.variant_name(ts, tr), gemv.gemv_func(N, K, w.dtype, res is not None, ts, tr))
-                         for ts, tr in order]
+        spec.variants = gemv.schedules(w.shape[0], K, w.dtype, res is not None)
     return spec
 
 

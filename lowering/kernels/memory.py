@@ -10,6 +10,7 @@ from ir.graph import Graph, Node
 from lowering.kernels.common import bytes_expr, dim_vars, placeholder, shape_key, te_shape
 from lowering.kernels.elementwise import rope_tables
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+from lowering.kernels.tir_reduce import tree_reduce
 
 
 @generator("embedding")
@@ -63,7 +64,6 @@ def _norm_rope_write_func(nkv: int, ctx: int, hd: int, wdtype: str, eps: float, 
     off, width = packed or (0, nkv * hd)
     threads = 1 << (hd - 1).bit_length()
     half = hd // 2
-    levels = threads.bit_length() - 1
 
     @T.prim_func(private=True)
     def norm_rope_write(cache: T.Buffer((nkv, ctx, hd), "float32"), var_new: T.handle,
@@ -80,10 +80,7 @@ def _norm_rope_write_func(nkv: int, ctx: int, hd: int, wdtype: str, eps: float, 
                     xs[tx] = new[b // nkv, off + b % nkv * hd + tx]
                     red[tx] = xs[tx] * xs[tx]
                 T.tvm_storage_sync("shared")
-                for s in T.unroll(levels):
-                    if tx < (threads >> (s + 1)):
-                        red[tx] = red[tx] + red[tx + (threads >> (s + 1))]
-                    T.tvm_storage_sync("shared")
+                tree_reduce(red, tx, threads, False)
                 if tx < hd:
                     cache[b % nkv, total - seq + b // nkv, tx] = T.rsqrt(red[0] / T.float32(hd) + T.float32(eps)) * (
                         xs[tx] * T.Cast("float32", W[tx]) * cos[total - seq + b // nkv, tx % half]

@@ -14,10 +14,6 @@ class LowerOptions:
     max_context: int = 4096  # KV cache capacity (tokens)
     prefill_chunk: int = 256  # longest prompt piece one prefill step takes
     max_binding_bytes: int = 128 * 1024 * 1024  # weights above this are split (lavapipe's limit)
-    tuning: tuple[tuple[str, str], ...] = ()  # (kernel key, schedule name) measured best on a device
-
-    def tuned(self, key: str) -> str | None:
-        return dict(self.tuning).get(key)
 
 
 @dataclass

@@ -33,11 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.prefill_chunk <= 0:
         raise UserError(f"--prefill-chunk must be positive, got {a.prefill_chunk}")
 
-    from frontend.config import load_config
+    from frontend.config import default_notes, load_config
     from lowering.kernels.spec import LowerOptions
     from lowering.module import compile_model
 
     cfg = load_config(a.model_dir)
+    for note in default_notes(cfg, a.model_dir / "config.json"):
+        print(note, file=sys.stderr)
     max_ctx = a.max_context or min(4096, cfg.max_position_embeddings)
     out = a.out or a.model_dir.with_name(a.model_dir.name + ".vkmod")
     opts = LowerOptions(weight_dtype=_DTYPES[a.weight_dtype], max_context=max_ctx,

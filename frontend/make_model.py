@@ -18,7 +18,7 @@ from frontend import tokenizer_builder
 from frontend.atomic import atomic_dir
 from frontend.config import Qwen3Config, parse_config
 from frontend.errors import UserError, cli_main
-from frontend.presets import COMMON, PRESETS
+from frontend.presets import PRESETS
 from frontend.progress import Progress
 from frontend.weights import expected_params
 
@@ -30,7 +30,7 @@ def make_config(preset: str, dtype: str) -> dict:
     p = dict(PRESETS[preset])
     specials = tokenizer_builder.special_ids(p["vocab_size"])
     return {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **p, **COMMON,
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", **p,
         "hidden_act": "silu", "attention_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
         "use_cache": True, "use_sliding_window": False, "sliding_window": None,
         "max_window_layers": p["num_hidden_layers"], "rope_scaling": None, "torch_dtype": _TORCH_DTYPE[dtype],

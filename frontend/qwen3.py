@@ -45,9 +45,9 @@ def trace(cfg: Qwen3Config, phase: str, weight_dtype: str = "float32", all_logit
             k = F.linear(h, w(p + "self_attn.k_proj.weight", (nkv * hd, H)), "k_proj").reshape(seq, nkv, hd)
             v = F.linear(h, w(p + "self_attn.v_proj.weight", (nkv * hd, H)), "v_proj").reshape(seq, nkv, hd)
             q = F.rope(F.rms_norm(q, w(p + "self_attn.q_norm.weight", (hd,)), cfg.rms_norm_eps, "q_norm"),
-                       cfg.rope_theta, "q_rope")
+                       cfg.rope.key(), "q_rope")
             k = F.rope(F.rms_norm(k, w(p + "self_attn.k_norm.weight", (hd,)), cfg.rms_norm_eps, "k_norm"),
-                       cfg.rope_theta, "k_rope")
+                       cfg.rope.key(), "k_rope")
             kc = F.kv_cache_write(cache_k, k, "k_cache_write")
             vc = F.kv_cache_write(cache_v, v, "v_cache_write")
             caches += [(f"cache_k.{i}", kc), (f"cache_v.{i}", vc)]

@@ -77,8 +77,9 @@ def rms_norm(x: Proxy, w: Proxy, eps: float, name: str) -> Proxy:
     return x.tracer.op("rms_norm", [x, w], node_name=name, eps=eps)
 
 
-def rope(x: Proxy, theta: float, name: str) -> Proxy:
-    return x.tracer.op("rope", [x], node_name=name, theta=theta)
+def rope(x: Proxy, rope_key: str, name: str) -> Proxy:
+    """``rope_key``: an :class:`ir.rope.Rope` key (every number the frequencies depend on)."""
+    return x.tracer.op("rope", [x], node_name=name, rope=rope_key)
 
 
 def silu(x: Proxy) -> Proxy:

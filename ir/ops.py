@@ -144,7 +144,7 @@ def _concat(ins, attrs):
 
 def _kv_cache_write(ins, attrs):
     """Writes rows past..total of the cache in place. What is written: ``new`` [seq, kv, d]; with
-    ``norm_eps``/``theta``, rope(rms_norm(new, w)); with ``gemv``, the GEMV x [1, K] x W [kv*d, K]^T
+    ``norm_eps``/``rope``, rope(rms_norm(new, w)); with ``gemv``, the GEMV x [1, K] x W [kv*d, K]^T
     (RMSNorm prologue when gemv.norm_eps) - the producer fused into the write."""
     (cache, cd), (new, _), *extra = ins
     _need(len(cache) == 3, f"kv_cache_write: cache {fmt(cache)} is not [kv, ctx, d]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ir.graph import Graph, Node
 from ir.shapes import fmt
 
-_SHOWN_ATTRS = ("param", "role", "transpose_b", "gqa_group", "eps", "theta", "scale", "causal", "perm",
+_SHOWN_ATTRS = ("param", "role", "transpose_b", "gqa_group", "eps", "rope", "scale", "causal", "perm",
                 "shape", "epilogue", "name")
 
 

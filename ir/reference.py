@@ -11,14 +11,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ir.graph import Graph, Node
-
-
-def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin of shape [len(positions), head_dim] for rotate-half RoPE (HF's layout)."""
-    inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
-    freqs = positions.astype(np.float32)[:, None] * inv_freq[None, :]
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+from ir.rope import Rope
+from ir.rope import tables as rope_tables
 
 
 def _silu(x: np.ndarray) -> np.ndarray:
@@ -52,7 +46,7 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
         return _eval(Node(n.name, "rope", [], (), "float32", at), [normed], dims)
     if op == "rope":
         x = args[0]
-        cos, sin = rope_tables(np.arange(past, past + x.shape[0]), x.shape[2], at["theta"])
+        cos, sin = rope_tables(np.arange(past, past + x.shape[0]), x.shape[2], Rope.from_key(at["rope"]))
         half = x.shape[2] // 2
         rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
         return (x * cos[:, None, :] + rot * sin[:, None, :]).astype(np.float32)
@@ -82,7 +76,7 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
         if at.get("q_packed"):
             q = q[:, : k.shape[1] * at.get("gqa_group", 1) * k.shape[3]].reshape(1, -1, k.shape[3])
         if at.get("q_norm_eps") is not None:
-            rope = Node(n.name, "rms_norm_rope", [], (), "float32", {"eps": at["q_norm_eps"], "theta": at["theta"]})
+            rope = Node(n.name, "rms_norm_rope", [], (), "float32", {"eps": at["q_norm_eps"], "rope": at["rope"]})
             q = _eval(rope, [q, *norm], dims).reshape(1, q.shape[1], 1, q.shape[2])
         group = at.get("gqa_group", 1)
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
@@ -110,7 +104,7 @@ def _eval(n: Node, args: list[np.ndarray], dims: dict[str, int]) -> np.ndarray:
             gemv = Node(n.name, "fused_gemv", [], (), "float32", dict(at["gemv"]))
             new = _eval(gemv, [new, *extra], dims).reshape(1, cache.shape[0], cache.shape[2])
         elif at.get("norm_eps") is not None:
-            new = _eval(Node(n.name, "rms_norm_rope", [], (), "float32", {"eps": at["norm_eps"], "theta": at["theta"]}),
+            new = _eval(Node(n.name, "rms_norm_rope", [], (), "float32", {"eps": at["norm_eps"], "rope": at["rope"]}),
                         [new, *extra], dims)
         cache = cache.copy()
         cache[:, past:total, :] = np.transpose(new, (1, 0, 2))

@@ -33,7 +33,7 @@ from lowering.kernels.spec import KernelSpec, LowerOptions, spec_for
 from lowering.pipeline import lower
 from lowering.plan import plan_memory, storage_root
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _dispatches(g: Graph, opts: LowerOptions, specs: dict[str, KernelSpec], names: dict[str, str]) -> list[dict]:

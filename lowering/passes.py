@@ -164,7 +164,7 @@ def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
         if src.op == "rms_norm_rope" and chain and users[src.name] == [chain[-1].name]:
             att = fused[pv.name]
             att.inputs = [src.inputs[0], att.inputs[1], att.inputs[2], src.inputs[1]]
-            att.attrs.update(q_norm_eps=src.attrs["eps"], theta=src.attrs["theta"],
+            att.attrs.update(q_norm_eps=src.attrs["eps"], rope=src.attrs["rope"],
                              covers=[*src.attrs.get("covers", [src.name]), *att.attrs["covers"]])
             dropped |= {src.name, *(c.name for c in chain)}
     nodes = [fused.get(n.name, n) for n in g.nodes() if n.name not in dropped]
@@ -249,7 +249,7 @@ def fuse_kv_writes(g: Graph, opts: LowerOptions) -> Graph:
         src = g[w.inputs[1]]
         if src.op == "rms_norm_rope" and users[src.name] == [w.name]:
             new[w.name] = Node(w.name, w.op, [w.inputs[0], *src.inputs], w.shape, w.dtype,
-                               {**w.attrs, "norm_eps": src.attrs["eps"], "theta": src.attrs["theta"],
+                               {**w.attrs, "norm_eps": src.attrs["eps"], "rope": src.attrs["rope"],
                                 "covers": [*src.attrs.get("covers", [src.name]), w.name]})
             dropped.add(src.name)
             continue

@@ -9,7 +9,7 @@ from typing import Any
 
 from frontend.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TUNING_FILE = "tuning.json"
 
 

@@ -39,3 +39,23 @@ class HFOracle:
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+def assert_steps_match_hf(model, hf: HFOracle, prompt: list[int], decode_steps: int, tol: float) -> None:
+    """Prefill ``prompt`` (in chunks of the compiled prefill size) and decode ``decode_steps`` greedy
+    tokens on the GPU; after every step the logits must be within ``tol`` of HF's."""
+    ex = model.executor
+    total = 0
+    for s in range(0, len(prompt), ex.chunk):
+        chunk = np.asarray(prompt[s:s + ex.chunk], np.int32)
+        total += len(chunk)
+        logits, _ = ex.step("prefill", chunk, total)
+    ref = hf.prefill(prompt)[-1]
+    assert rel_err(logits, ref) <= tol, f"prefill of {len(prompt)} tokens: rel err {rel_err(logits, ref):.2e}"
+    tok = int(ref.argmax())
+    for step in range(decode_steps):
+        total += 1
+        logits, _ = ex.step("decode", np.asarray([tok], np.int32), total)
+        ref = hf.step(tok)
+        assert rel_err(logits, ref) <= tol, f"decode step {step} after {len(prompt)}: {rel_err(logits, ref):.2e}"
+        tok = int(ref.argmax())

@@ -57,7 +57,7 @@ def test_non_utf8_prompt(mod):
 
 
 @pytest.mark.parametrize("breaker,expected", [
-    (lambda d: _edit_manifest(d, format_version=99), "format version 99, this runtime reads version 1"),
+    (lambda d: _edit_manifest(d, format_version=99), "format version 99, this runtime reads version 2"),
     (lambda d: (d / "manifest.json").write_text("{\"format_version\": 1, "), "corrupt manifest"),
     (lambda d: _edit_manifest(d, kernels=None), "corrupt manifest"),
     (lambda d: next((d / "kernels").glob("*.wgsl")).unlink(), "kernel file missing"),

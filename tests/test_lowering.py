@@ -68,7 +68,8 @@ def test_split_and_fusion(cfg06):
     assert not g.by_op("rms_norm_rope")  # q's is the attention prologue, k's is fused into its cache write
     assert g["layers.0.pv"].attrs["q_norm_eps"] == 1e-6
     # the producers of the cache rows write the cache: K's norm+RoPE (from the packed row), V's GEMV
-    assert g["layers.0.k_cache_write"].attrs["theta"] and g["layers.0.k_cache_write"].attrs["packed_offset"] == 2048
+    kw = g["layers.0.k_cache_write"].attrs
+    assert kw["rope"] == "default(theta=1000000.0)" and kw["packed_offset"] == 2048
     # decode: layout-only transposes become views; QK^T, softmax, PV become one attention kernel
     assert not g.by_op("transpose") and not g.by_op("softmax") and len(g.by_op("attention")) == 28
     assert [m["kernel_class"] for m in g["layers.0.pv"].attrs["fused_matmuls"]] == ["batched_gemv"] * 2

@@ -7,7 +7,7 @@ import pytest
 
 from runtime import load
 from runtime.sampling import SamplingParams
-from tests.hf_oracle import HFOracle, rel_err
+from tests.hf_oracle import HFOracle, assert_steps_match_hf
 
 CASES = [  # preset, model dtype, compiled weight dtype, tolerance
     ("tiny", "f32", "float32", 1e-4),
@@ -20,23 +20,9 @@ CASES = [  # preset, model dtype, compiled weight dtype, tolerance
 def test_logits_match_hf(compiled, preset, dtype, wdtype, tol):
     model = load(compiled(preset, dtype, wdtype))
     hf = HFOracle(model.model_dir, round_weights_to_f16=wdtype == "float16")
-    ex = model.executor
     for plen in (1, 2, 17, 64):  # 64 > prefill_chunk (32): the prompt is prefilled in two chunks
         prompt = [int(x) for x in np.random.default_rng(plen).integers(0, model.config.vocab_size, plen)]
-        total = 0
-        for s in range(0, plen, ex.chunk):
-            chunk = np.asarray(prompt[s:s + ex.chunk], np.int32)
-            total += len(chunk)
-            logits, _ = ex.step("prefill", chunk, total)
-        ref = hf.prefill(prompt)[-1]
-        assert rel_err(logits, ref) <= tol, f"prefill len {plen}"
-        tok = int(ref.argmax())
-        for step in range(16 if plen in (1, 17) else 2):
-            total += 1
-            logits, _ = ex.step("decode", np.asarray([tok], np.int32), total)
-            ref = hf.step(tok)
-            assert rel_err(logits, ref) <= tol, f"decode step {step} after prompt {plen}"
-            tok = int(ref.argmax())
+        assert_steps_match_hf(model, hf, prompt, 16 if plen in (1, 17) else 2, tol)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gqa4"])

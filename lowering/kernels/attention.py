@@ -155,7 +155,7 @@ def attention(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     if eps is not None:
         w = g[node.inputs[3]]
         q_norm = (float(eps), w.dtype)
-        extra = [w.name, *rope_tables(node.attrs["theta"], hd, ctx)]
+        extra = [w.name, *rope_tables(node.attrs["rope"], hd, ctx)]
         name += "+q_norm+rope"
 
     def build():

@@ -79,10 +79,11 @@ def concat(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     return _spec(node, g, opts, f"concat:{shape_key(node)}:{widths}", "copy", body, flops_per=0)
 
 
-def rope_tables(theta: float, hd: int, max_context: int) -> tuple[str, str]:
-    """The runtime constants (host-computed float32 cos/sin, [max_context, hd / 2]) RoPE reads."""
+def rope_tables(rope: str, hd: int, max_context: int) -> tuple[str, str]:
+    """The runtime constants (host-computed float32 cos/sin, [max_context, hd / 2]) RoPE reads;
+    ``rope`` is an :class:`ir.rope.Rope` key."""
     table = f"{max_context}x{hd // 2}"
-    return f"const:rope_cos:{theta}:{hd}:{table}", f"const:rope_sin:{theta}:{hd}:{table}"
+    return f"const:rope_cos:{rope}:{hd}:{table}", f"const:rope_sin:{rope}:{hd}:{table}"
 
 
 def rotate(x, cos, sin, v, idx, hd: int):
@@ -100,12 +101,12 @@ def rope(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     """Rotate-half RoPE at positions ``past + i``. cos/sin come from tables the runtime computes
     on the host in float32 exactly as HF does (GPU sin/cos of large arguments are too coarse)."""
     x = g[node.inputs[0]]
-    theta = node.attrs["theta"]
-    consts = rope_tables(theta, x.shape[2], opts.max_context)
+    rope = node.attrs["rope"]
+    consts = rope_tables(rope, x.shape[2], opts.max_context)
 
     def body(ph, v, idx):
         X, cos, sin = ph
         return rotate(lambda i, h, d: X[i, h, d], cos, sin, v, idx, x.shape[2])
 
-    return _spec(node, g, opts, f"rope:{shape_key(x)}:{theta}:{opts.max_context}", "rope", body, flops_per=3,
+    return _spec(node, g, opts, f"rope:{shape_key(x)}:{rope}:{opts.max_context}", "rope", body, flops_per=3,
                  extra_args=consts, scalars=("total",))

@@ -103,7 +103,7 @@ def kv_cache_write(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     if node.attrs.get("norm_eps") is not None:
         w = g[node.inputs[2]]
         eps = float(node.attrs["norm_eps"])
-        consts = rope_tables(node.attrs["theta"], hd, ctx)
+        consts = rope_tables(node.attrs["rope"], hd, ctx)
         packed = None
         if node.attrs.get("packed_offset") is not None:
             packed = (int(node.attrs["packed_offset"]), int(new.shape[1]))

@@ -17,8 +17,8 @@ def rms_norm(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     D = x.shape[-1]
     eps = float(node.attrs["eps"])
     ctx = opts.max_context
-    theta = node.attrs.get("theta")
-    consts = rope_tables(theta, D, ctx) if node.op == "rms_norm_rope" else ()
+    rope = node.attrs.get("rope")
+    consts = rope_tables(rope, D, ctx) if node.op == "rms_norm_rope" else ()
 
     def build():
         v = dim_vars(g)
@@ -38,7 +38,7 @@ def rms_norm(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
         out = te.compute(te_shape(x.shape, v, ctx), normed, name="Y")
         return te.create_prim_func([X, W, out])
 
-    key = f"{node.op}:{shape_key(x)}:{w.dtype}:eps{eps}" + (f":theta{theta}:{ctx}" if consts else "")
+    key = f"{node.op}:{shape_key(x)}:{w.dtype}:eps{eps}" + (f":{rope}:{ctx}" if consts else "")
     args = [*node.inputs, *consts, node.name]
     return KernelSpec(key, "norm", build, args, [len(args) - 1], flops=f"{4 + 3 * bool(consts)}*"
                       f"{numel_expr(x.shape, ctx)}", bytes=bytes_expr([x, w, node], ctx))

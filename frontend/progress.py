@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+_CLEAR = "\r\x1b[2K"  # back to column 0 and erase the line: a shorter line leaves no bar behind
+
 
 class Progress:
     def __init__(self, label: str, total: int, stream=None) -> None:
@@ -24,7 +26,7 @@ class Progress:
             self._last = now
             width = 30
             fill = int(width * self.n / self.total)
-            self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.n}/{self.total}")
+            self.stream.write(f"{_CLEAR}{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.n}/{self.total}")
             self.stream.flush()
         elif not self._tty and self.n < self.total and self.n * 4 // self.total > (self.n - k) * 4 // self.total:
             self.stream.write(f"{self.label}: {self.n}/{self.total}\n")
@@ -32,6 +34,6 @@ class Progress:
 
     def done(self) -> None:
         dt = time.perf_counter() - self.t0
-        end = "\r" if self._tty else ""
+        end = _CLEAR if self._tty else ""
         self.stream.write(f"{end}{self.label}: {self.n}/{self.total} done in {dt:.1f}s\n")
         self.stream.flush()

@@ -88,6 +88,8 @@ class Executor:
         self.staging = self._buffer(_align(4 * self.cfg.vocab_size), "logits_staging",
                                     wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
         self.query_set = None
+        # token ids whose K/V the caches hold at positions 0..len-1 (Model.generate reuses a common prefix)
+        self.cached_tokens: list[int] = []
 
     # setup --------------------------------------------------------------------------------
     def _buffer(self, size: int, label: str, usage: int | None = None, data: np.ndarray | None = None) -> Any:
@@ -175,6 +177,10 @@ class Executor:
         wgpu = self.wgpu
         ph = self.phases[phase]
         seq = len(ids)
+        past = total - seq
+        # positions from `past` on are about to be overwritten: forget them first (an interrupted
+        # step must not leave a claim on half-written cache rows)
+        self.cached_tokens = self.cached_tokens[:past] if past <= len(self.cached_tokens) else []
         grids, pods = ph.launches(seq, total)
         q = self.device.queue
         q.write_buffer(self.ids, 0, np.ascontiguousarray(ids, np.int32).tobytes())
@@ -201,6 +207,8 @@ class Executor:
         if read_logits:
             enc.copy_buffer_to_buffer(ph.logits, 0, self.staging, 0, 4 * vocab)
         q.submit([enc.finish()])
+        if len(self.cached_tokens) == past:
+            self.cached_tokens.extend(int(t) for t in ids)
         logits = self._read_logits() if read_logits else None
         prof = None
         if timing:

@@ -1,8 +1,20 @@
-"""Next-token choice from logits: greedy (temperature 0) or temperature / top-k / top-p sampling."""
+"""Next-token choice from logits, with the knobs Hugging Face and OpenAI define.
+
+Order, as in HF ``generate``: penalties change the logits (also when greedy), then, when sampling,
+temperature, top-k, top-p and min-p cut the distribution and one token is drawn.
+
+- ``repetition_penalty`` (HF): every token already present in prompt or output has its logit
+  divided by the penalty when positive, multiplied when negative (1.0 = off).
+- ``presence_penalty`` / ``frequency_penalty`` (OpenAI): subtract ``presence`` once and
+  ``frequency * count`` per earlier occurrence in the *output* (0 = off).
+- ``min_p`` (HF): drop tokens whose probability is below ``min_p * p(most likely token)``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -11,10 +23,35 @@ from frontend.errors import UserError
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.0
+    """Sampling settings. The defaults are greedy with nothing changed; ``Model.generate`` without
+    ``sampling`` uses :meth:`from_generation_config` instead, like the CLI."""
+
+    temperature: float = 0.0  # 0: greedy (argmax)
     top_k: int = 0  # 0: no top-k cut
     top_p: float = 1.0
     seed: int | None = None
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @classmethod
+    def from_generation_config(cls, gen: dict, **overrides) -> SamplingParams:
+        """The model's own defaults (``generation_config.json``): sampling only when it says
+        ``do_sample``; any override that is not None wins."""
+        sample = bool(gen.get("do_sample"))
+        base = {
+            "temperature": float(gen.get("temperature", 1.0)) if sample else 0.0,
+            "top_k": int(gen.get("top_k", 0) or 0) if sample else 0,
+            "top_p": float(gen.get("top_p", 1.0) or 1.0) if sample else 1.0,
+            "min_p": float(gen.get("min_p", 0.0) or 0.0) if sample else 0.0,
+            "repetition_penalty": float(gen.get("repetition_penalty", 1.0) or 1.0),
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
     def validate(self) -> None:
         if not np.isfinite(self.temperature) or self.temperature < 0:
@@ -23,15 +60,51 @@ class SamplingParams:
             raise UserError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):
             raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if not (0.0 <= self.min_p <= 1.0):
+            raise UserError(f"--min-p must be in [0, 1], got {self.min_p}")
+        if not np.isfinite(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise UserError(f"--repetition-penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or not -2.0 <= v <= 2.0:
+                raise UserError(f"{name} must be in [-2, 2], got {v}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise UserError(f"--seed must be in [0, 2**63), got {self.seed}")
 
 
 class Sampler:
-    def __init__(self, params: SamplingParams) -> None:
+    """Picks tokens for one generation; remembers the prompt and what it picked (for penalties)."""
+
+    def __init__(self, params: SamplingParams, prompt_ids: Iterable[int] = ()) -> None:
         params.validate()
         self.p = params
         self.rng = np.random.default_rng(params.seed)
+        self.seen: set[int] = set(prompt_ids) if params.repetition_penalty != 1.0 else set()
+        self.out_counts: Counter[int] = Counter()
 
     def __call__(self, logits: np.ndarray) -> int:
+        tok = self._pick(self._penalized(logits))
+        if self.p.repetition_penalty != 1.0:
+            self.seen.add(tok)
+        self.out_counts[tok] += 1
+        return tok
+
+    def _penalized(self, logits: np.ndarray) -> np.ndarray:
+        p = self.p
+        if p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty:
+            return logits
+        x = logits.astype(np.float32, copy=True)
+        if p.repetition_penalty != 1.0 and self.seen:
+            idx = np.fromiter(self.seen, np.int64)
+            v = x[idx]
+            x[idx] = np.where(v > 0, v / p.repetition_penalty, v * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and self.out_counts:
+            idx = np.fromiter(self.out_counts.keys(), np.int64)
+            counts = np.fromiter(self.out_counts.values(), np.float32)
+            x[idx] -= p.presence_penalty + p.frequency_penalty * counts
+        return x
+
+    def _pick(self, logits: np.ndarray) -> int:
         if self.p.temperature == 0:
             return int(np.argmax(logits))
         x = logits.astype(np.float64) / self.p.temperature
@@ -42,5 +115,8 @@ class Sampler:
         probs /= probs.sum()
         if self.p.top_p < 1.0:
             keep = int(np.searchsorted(np.cumsum(probs), self.p.top_p) + 1)
+            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+        if self.p.min_p > 0.0:
+            keep = max(int(np.count_nonzero(probs >= self.p.min_p * probs[0])), 1)
             order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
         return int(order[self.rng.choice(len(order), p=probs)])

@@ -15,6 +15,7 @@ import pytest
 from frontend.errors import UserError
 from runtime import generate as generate_cli
 from runtime.device import NO_ADAPTER_HELP, check_adapter
+from runtime.sampling import SamplingParams
 from tests.cli import REPO, clean_failure, error_line, run_module
 
 
@@ -164,8 +165,8 @@ def test_eos_at_first_step(mod):
     from runtime.api import load
 
     model = load(mod)
-    first = next(iter(model.generate([5, 6, 7], 4)))
-    assert list(model.generate([5, 6, 7], 10, stop_ids={first})) == [first]
+    first = next(iter(model.generate([5, 6, 7], 4, SamplingParams())))
+    assert list(model.generate([5, 6, 7], 10, SamplingParams(), stop_ids={first})) == [first]
     assert model.last_stats.new_tokens == 1
 
 

@@ -9,6 +9,9 @@ import numpy as np
 import wgpu
 
 from runtime.api import load
+from runtime.sampling import SamplingParams
+
+GREEDY = SamplingParams()
 
 PROMPT = [3, 14, 15, 92, 65]
 
@@ -38,7 +41,7 @@ def test_soak(compiled):
     mod = compiled("tiny", "f32", "float32", max_context=1024 + 16)
     fresh = load(mod)
     fresh_toks, fresh_logits = _decode(fresh, 50, set(range(50)))
-    fresh_gen = list(fresh.generate(PROMPT, 16))
+    fresh_gen = list(fresh.generate(PROMPT, 16, GREEDY, set()))
     del fresh
 
     model = load(mod)
@@ -49,7 +52,7 @@ def test_soak(compiled):
         np.testing.assert_array_equal(logits[i], fresh_logits[i])
     assert np.isfinite(logits[999]).all()
     for _ in range(20):
-        assert list(model.generate(PROMPT, 16)) == fresh_gen
+        assert list(model.generate(PROMPT, 16, GREEDY, set())) == fresh_gen
     # the KV cache was overwritten by those runs; the same tokens still give the same logits
     again_toks, again = _decode(model, 50, set(range(50)))
     assert again_toks == fresh_toks and all(np.array_equal(again[i], fresh_logits[i]) for i in range(50))

@@ -7,6 +7,7 @@ import json
 import shutil
 
 from runtime.api import load
+from runtime.sampling import SamplingParams
 from runtime.tune import tune
 
 
@@ -24,4 +25,4 @@ def test_tune_then_generate(compiled, tmp_path):
     used = {d["kernel"] for plan in tuned.module.manifest["phases"].values() for d in plan["dispatches"]}
     assert set(out["choices"].values()) <= used
     prompt = [7, 8, 9, 10]
-    assert list(tuned.generate(prompt, 12)) == list(load(src).generate(prompt, 12))
+    assert list(tuned.generate(prompt, 12, SamplingParams())) == list(load(src).generate(prompt, 12, SamplingParams()))

@@ -66,3 +66,10 @@ def test_verifier_rejects_bad_graphs(cfg06):
     bad["embed"].op = "frobnicate"
     with pytest.raises(GraphError, match="unknown op"):
         verify(bad)
+
+
+def test_reference_has_one_rule_per_op():
+    from ir.ops import LEAF_OPS, OPS
+    from ir.reference import RULES
+
+    assert set(RULES) == set(OPS) - LEAF_OPS

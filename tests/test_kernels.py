@@ -7,6 +7,8 @@ the numpy reference rule of the node the kernel implements, evaluated in float64
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -87,7 +89,7 @@ def test_every_kernel_against_numpy(compiled, wdtype, tol):
             else:
                 val = val.reshape(resolve(src.shape, dims))
             args.append(val)
-        expected = reference._eval(node, args, dims)
+        expected = reference.evaluate(node, args, dims)
         key = d["kernel"]
         if key not in launchers:
             launchers[key] = KernelLauncher(dev.device, key, module.manifest["kernels"][key], module.wgsl[key])
@@ -133,3 +135,71 @@ def test_every_gemv_variant_against_numpy(wdtype):
                 [*args, np.full((1, n), np.nan, np.float32)], 1, 1)[-1]
             err = np.abs(got - expected).max() / np.abs(expected).max()
             assert err < 1e-5, f"{name} {n}x{k} res={res} norm={eps} swiglu={swiglu}: rel err {err:.1e}"
+
+
+# WGSL builtins and types that may appear in a condition; any other identifier is a value that
+# varies per invocation (a builtin id, a loop variable, a `var`) unless it is a `let` of uniforms
+_WGSL_PURE = {"min", "max", "select", "clamp", "abs", "i32", "u32", "f32", "f16", "bool", "vec2", "vec3", "vec4",
+              "true", "false"}
+_LET = re.compile(r"\blet (\w+) : [\w<>]+ = (.*);$")
+_FOR = re.compile(r"\bfor \(var (\w+) : \w+ = [^;]*; ([^;]*); [^)]*\) \{$")
+_IF = re.compile(r"\b(?:if|while) \((.*)\) \{$")
+
+
+def _uniform_only_conditions(wgsl: str) -> tuple[list[str], int]:
+    """Loop bounds and branch conditions of ``wgsl`` computed from ``podArgs`` fields (and
+    constants) alone, and how many loops and branches were scanned. Mesa's lavapipe inlines the
+    uniforms of such conditions (``nir_find_inlinable_uniforms``: if conditions, and loop
+    terminators comparing the induction variable with uniforms) and recompiles the shader on every
+    dispatch after the uniform buffer is rebound."""
+    kinds: dict[str, str] = {}  # let name -> "const" | "uniform" | "varying"
+
+    def kind(expr: str, loop_var: str | None = None) -> str:
+        expr = re.sub(r"\bpodArgs\.\w+", " __uniform__ ", expr)
+        expr = re.sub(r"\b\d[\w.]*", " ", expr)  # literals: 511i, 9u, 3.4e+38f
+        names = set(re.findall(r"[A-Za-z_]\w*", expr)) - _WGSL_PURE - {loop_var}
+        ks = {"uniform" if n == "__uniform__" else kinds.get(n, "varying") for n in names}
+        return "varying" if "varying" in ks else "uniform" if "uniform" in ks else "const"
+
+    bad, scanned = [], 0
+    for line in wgsl.splitlines():
+        line = line.strip()
+        if m := _LET.search(line):
+            kinds[m.group(1)] = kind(m.group(2))
+        elif m := _FOR.search(line):
+            scanned += 1
+            if kind(m.group(2), m.group(1)) == "uniform":
+                bad.append(line)
+        elif m := _IF.search(line):
+            scanned += 1
+            if kind(m.group(1)) == "uniform":
+                bad.append(line)
+    return bad, scanned
+
+
+def test_uniform_only_condition_scanner():
+    """The scanner itself: the loop bound the decode attention kernel used to have is caught; the
+    same bound made to depend on the workgroup id (lowering's fix) is not."""
+    let = "let v__1 : i32 = i32(blockIdx.x);\n"
+    old = "for (var c : i32 = 0i; c < ((podArgs.total + 511i)>>9u); c++) {"
+    new = "for (var c : i32 = 0i; c < max(((podArgs.total + 511i)>>9u), (0i - v__1)); c++) {"
+    assert _uniform_only_conditions(let + old) == ([old], 1)
+    assert _uniform_only_conditions(let + new) == ([], 1)
+    assert _uniform_only_conditions("let n : i32 = (podArgs.seq * 4i);\nif ((n > 1i)) {")[0]
+    assert not _uniform_only_conditions("if ((i32(threadIdx.x) < podArgs.total)) {")[0]
+
+
+@pytest.mark.parametrize("wdtype", ["float32", "float16"])
+def test_no_loop_bound_from_uniforms_alone(compiled, wdtype):
+    """No emitted kernel (every schedule variant, prefill and decode) has a loop trip count or branch
+    condition computed from uniforms alone: lavapipe would recompile it on every dispatch
+    (``lowering.kernels.common.opaque_loop_extents``)."""
+    module = load_compiled(compiled("tiny-gqa4", "f32", wdtype, max_context=704, prefill_chunk=64))
+    scanned, found = 0, {}
+    for name, wgsl in module.wgsl.items():
+        bad, n = _uniform_only_conditions(wgsl)
+        scanned += n
+        if bad:
+            found[name] = bad
+    assert scanned > 20, "the scanner found almost no loops: has the WGSL format changed?"
+    assert not found, f"loop bounds / conditions from uniforms alone (lavapipe recompiles these): {found}"

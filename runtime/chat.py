@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 
-from frontend.errors import UserError, cli_main
+from common.errors import UserError, cli_main
 from runtime.cli_args import (
     HelpFormatter,
     add_model_args,
@@ -123,45 +123,58 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\n(Ctrl-D or /exit leaves)", file=sys.stderr)
             continue
-        cmd = msg.strip()
-        if not cmd:
-            continue
-        if cmd in ("/exit", "/quit"):
-            return 0
-        if cmd == "/help":
-            print("\n".join(f"  {c:18} {d}" for c, d in COMMANDS.items()), file=sys.stderr)
-            continue
-        if cmd == "/reset":
-            conv.reset()
-            print("[conversation reset]", file=sys.stderr)
-            continue
-        if cmd.startswith("/thinking"):
-            arg = cmd.split()[1:] or [""]
-            if arg[0] not in ("on", "off"):
-                print("usage: /thinking on|off", file=sys.stderr)
-                continue
-            conv.enable_thinking = arg[0] == "on"
-            print(f"[thinking {arg[0]}]", file=sys.stderr)
-            continue
-        if cmd.startswith("/") and cmd.split()[0] not in COMMANDS:
-            print(f"unknown command {cmd.split()[0]} (/help lists them; start a message with // to send "
-                  "a leading slash)", file=sys.stderr)
-            continue
-        if cmd.startswith("//"):
-            msg = msg.replace("//", "/", 1)
         try:
-            msg = check_text(msg, "the message")
-            with _StopFlag() as flag:
-                reply = conv.reply(msg, _write, flag.event.is_set)
-        except UserError as e:  # a bad message or a full context ends this turn, not the session
-            print(f"\nerror: {e}", file=sys.stderr)
-            continue
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        if reply.stats.finish_reason == "cancelled":
-            print("[stopped]", file=sys.stderr)
-        if not a.no_stats:
-            print(_stats_line(reply, model.device.name), file=sys.stderr)
+            with _StopFlag() as flag:  # from here until the next prompt, Ctrl-C only stops the reply
+                _turn(conv, msg, flag, model.device.name, a.no_stats)
+        except KeyboardInterrupt:  # pressed in the instant between reading the line and the flag
+            print("\n[stopped]", file=sys.stderr)
+        except _Exit:
+            return 0
+
+
+class _Exit(Exception):
+    pass
+
+
+def _turn(conv, msg: str, flag: _StopFlag, device: str, no_stats: bool) -> None:
+    """One line from the user: a command, or a message to answer."""
+    cmd = msg.strip()
+    if not cmd:
+        return
+    if cmd in ("/exit", "/quit"):
+        raise _Exit
+    if cmd == "/help":
+        print("\n".join(f"  {c:18} {d}" for c, d in COMMANDS.items()), file=sys.stderr)
+        return
+    if cmd == "/reset":
+        conv.reset()
+        print("[conversation reset]", file=sys.stderr)
+        return
+    if cmd.split()[0] == "/thinking":
+        arg = cmd.split()[1:] or [""]
+        if arg[0] not in ("on", "off"):
+            print("usage: /thinking on|off", file=sys.stderr)
+            return
+        conv.enable_thinking = arg[0] == "on"
+        print(f"[thinking {arg[0]}]", file=sys.stderr)
+        return
+    if cmd.startswith("/") and not cmd.startswith("//"):
+        print(f"unknown command {cmd.split()[0]} (/help lists them; start a message with // to send "
+              "a leading slash)", file=sys.stderr)
+        return
+    if cmd.startswith("//"):
+        msg = msg.replace("//", "/", 1)
+    try:
+        reply = conv.reply(check_text(msg, "the message"), _write, flag.event.is_set)
+    except UserError as e:  # a bad message or a full context ends this turn, not the session
+        print(f"\nerror: {e}", file=sys.stderr)
+        return
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if reply.stats.finish_reason == "cancelled":
+        print("[stopped]", file=sys.stderr)
+    if not no_stats:
+        print(_stats_line(reply, device), file=sys.stderr)
 
 
 def _write(text: str) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from frontend.errors import UserError, cli_main
+from common.errors import UserError, cli_main
 
 _DTYPES = {"f16": "float16", "f32": "float32"}
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from frontend.errors import UserError
+from common.errors import UserError
 from ir.rope import ROPE_TYPES, Rope
 
 _REQUIRED_INT = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size",

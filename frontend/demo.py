@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from frontend.errors import cli_main
+from common.errors import cli_main
 from frontend.presets import PRESETS
 
 

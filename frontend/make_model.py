@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic import atomic_dir
+from common.errors import UserError, cli_main
+from common.progress import Progress
 from frontend import safetensors_io as st
 from frontend import tokenizer_builder
-from frontend.atomic import atomic_dir
 from frontend.config import Qwen3Config, parse_config
-from frontend.errors import UserError, cli_main
 from frontend.presets import PRESETS
-from frontend.progress import Progress
 from frontend.weights import expected_params
 
 _ST_DTYPE = {"bf16": "BF16", "f16": "F16", "f32": "F32"}

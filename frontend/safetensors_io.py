@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from frontend.errors import UserError
+from common.errors import UserError
 
 # safetensors dtype -> (numpy storage dtype, bytes per element)
 DTYPES: dict[str, np.dtype] = {

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
 from frontend import safetensors_io as st
 from frontend.config import Qwen3Config
-from frontend.errors import UserError
 
 
 def expected_params(cfg: Qwen3Config) -> dict[str, tuple[int, ...]]:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from frontend.errors import UserError, cli_main
+from common.errors import UserError, cli_main
 from ir.dot import to_dot
 from ir.graph import Graph
 from ir.printer import format_node

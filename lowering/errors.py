@@ -1,6 +1,6 @@
 """Compile errors: an op or shape the lowering has no GPU path for. Never a silent fallback."""
 
-from frontend.errors import UserError
+from common.errors import UserError
 
 
 class LoweringError(UserError):

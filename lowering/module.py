@@ -18,9 +18,9 @@ from typing import Any
 
 import tvm
 
-from frontend.atomic import atomic_dir
+from common.atomic import atomic_dir
+from common.progress import Progress
 from frontend.config import load_config
-from frontend.progress import Progress
 from frontend.qwen3 import PHASES, trace
 from frontend.weights import WeightStore
 from ir.graph import Graph

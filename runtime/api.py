@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frontend.errors import UserError
+from common.errors import UserError
 from frontend.weights import WeightStore
 from runtime.compiled import CompiledModule, load_compiled
 from runtime.device import open_device

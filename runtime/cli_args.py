@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from frontend.errors import UserError
+from common.errors import UserError
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from frontend.errors import UserError
+from common.errors import UserError
 
 FORMAT_VERSION = 2
 TUNING_FILE = "tuning.json"

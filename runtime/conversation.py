@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from frontend.errors import UserError
+from common.errors import UserError
 from runtime.api import GenerationStats, Model
 from runtime.sampling import SamplingParams
 from runtime.stops import IncrementalDecoder

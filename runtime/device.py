@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from frontend.errors import UserError
+from common.errors import UserError
 
 NO_ADAPTER_HELP = ("no Vulkan adapter found. Install your GPU's Vulkan driver, or the CPU implementation "
                    "lavapipe: sudo apt-get install -y mesa-vulkan-drivers libvulkan1")

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import UserError
+from common.progress import Progress
 from frontend.config import parse_config
-from frontend.errors import UserError
-from frontend.progress import Progress
 from frontend.weights import WeightStore
 from runtime.compiled import CompiledModule
 from runtime.constants import make_constant

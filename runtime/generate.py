@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from frontend.errors import UserError, cli_main
+from common.errors import UserError, cli_main
 from runtime.cli_args import (
     HelpFormatter,
     add_model_args,
@@ -125,7 +125,7 @@ def _prefill_progress(n_prompt: int, chunk: int):
     """A progress bar for prompts of several prefill chunks, on a terminal only."""
     if n_prompt <= chunk or not sys.stderr.isatty():
         return None
-    from frontend.progress import Progress
+    from common.progress import Progress
 
     bar = Progress("prefill (tokens)", n_prompt)
 

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from frontend.errors import UserError
+from common.errors import UserError
 from runtime.engine import Engine, Finished, Job, QueueFull
 from runtime.sampling import SamplingParams
 from runtime.text import render_chat

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from frontend.errors import UserError
+from common.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 
-from frontend.errors import UserError, cli_main
+from common.errors import UserError, cli_main
 from runtime.cli_args import HelpFormatter, add_model_args, open_module
 
 API_KEY_ENV = "QWEN3VK_API_KEY"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from frontend.errors import UserError
+from common.errors import UserError
 
 
 def load_tokenizer(model_dir: Path):

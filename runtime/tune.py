@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from frontend.errors import UserError, cli_main
+from common.errors import UserError, cli_main
 from ir.shapes import resolve
 
 

@@ -11,8 +11,8 @@ import torch
 from transformers import Qwen3Config as HFConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from common.errors import UserError
 from frontend.config import HF_DEFAULTS, load_config, parse_config
-from frontend.errors import UserError
 from ir.rope import Rope, tables
 
 BASE = dict(model_type="qwen3", vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

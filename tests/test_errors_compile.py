@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
+from common.atomic import atomic_dir
 from frontend import compile as compile_cli
-from frontend.atomic import atomic_dir
 from tests.cli import REPO, clean_failure, error_line, run_module
 
 

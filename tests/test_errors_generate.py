@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from frontend.errors import UserError
+from common.errors import UserError
 from runtime import generate as generate_cli
 from runtime.device import NO_ADAPTER_HELP, check_adapter
 from runtime.sampling import SamplingParams

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.errors import UserError
 from frontend.config import load_config
-from frontend.errors import UserError
 from frontend.weights import WeightStore
 
 SETTINGS = settings(max_examples=250, derandomize=True, deadline=None,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import UserError
 from frontend.config import parse_config
-from frontend.errors import UserError
 from frontend.make_model import make_config
 from frontend.qwen3 import trace
 from ir.graph import Node

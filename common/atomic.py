@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from frontend.errors import UserError
+from common.errors import UserError
 
 
 @contextmanager

@@ -1,0 +1,4 @@
+"""Helpers every layer may use: user errors, progress lines, atomic directory writes, dtypes.
+
+The bottom layer: it imports nothing of the project.
+"""

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.cli_help import HelpFormatter
 from common.errors import UserError, cli_main
 
 _DTYPES = {"f16": "float16", "f32": "float32"}
@@ -15,16 +16,19 @@ _DTYPES = {"f16": "float16", "f32": "float32"}
 def main(argv: list[str] | None = None) -> int:
     from lowering.pipeline import PASS_NAMES
 
-    ap = argparse.ArgumentParser(prog="python -m frontend.compile", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m frontend.compile", description=__doc__,
+                                 formatter_class=HelpFormatter)
     ap.add_argument("model_dir", type=Path, help="a Hugging Face Qwen3 model directory")
     ap.add_argument("-o", "--out", type=Path, help="output directory (default: MODEL_DIR.vkmod)")
-    ap.add_argument("--weight-dtype", default="f16", help="GPU weight storage: f16 (default) or f32")
+    ap.add_argument("--weight-dtype", default="f16", help="GPU weight storage, one of f16, f32 (f32 for adapters "
+                    "without shader-f16; default: f16)")
     ap.add_argument("--max-context", type=int, default=None, help="KV cache capacity in tokens (default 4096 "
                     "or the model's max_position_embeddings if smaller)")
-    ap.add_argument("--prefill-chunk", type=int, default=256, help="longest prompt piece per prefill step")
+    ap.add_argument("--prefill-chunk", type=int, default=256, help="longest prompt piece per prefill step "
+                    "(default: 256)")
     ap.add_argument("--force", action="store_true", help="replace OUT if it exists")
     ap.add_argument("--no-cache", action="store_true", help="rebuild every kernel (ignore the kernel cache)")
-    ap.add_argument("--dump-after", choices=PASS_NAMES, help="print the graph after this pass")
+    ap.add_argument("--dump-after", choices=PASS_NAMES, help="print the graph after this pass (default: none)")
     a = ap.parse_args(argv)
     if a.weight_dtype not in _DTYPES:
         raise UserError(f"--weight-dtype {a.weight_dtype!r} is not supported (expected f16 or f32)")
@@ -33,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.prefill_chunk <= 0:
         raise UserError(f"--prefill-chunk must be positive, got {a.prefill_chunk}")
 
+    from common.atomic import check_writable
     from frontend.config import default_notes, load_config
     from lowering.kernels.spec import LowerOptions
     from lowering.module import compile_model
@@ -42,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(note, file=sys.stderr)
     max_ctx = a.max_context or min(4096, cfg.max_position_embeddings)
     out = a.out or a.model_dir.with_name(a.model_dir.name + ".vkmod")
+    check_writable(out, a.force)  # before minutes of kernel building, not after
     opts = LowerOptions(weight_dtype=_DTYPES[a.weight_dtype], max_context=max_ctx,
                         prefill_chunk=min(a.prefill_chunk, max_ctx))
     compile_model(a.model_dir, out, opts, force=a.force, dump_after=a.dump_after, use_cache=not a.no_cache)

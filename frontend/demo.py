@@ -11,17 +11,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common.cli_help import HelpFormatter
 from common.errors import cli_main
 from frontend.presets import PRESETS
 
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m frontend.demo", description=__doc__)
-    ap.add_argument("--preset", default="qwen3-0.6b", choices=list(PRESETS))
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "qwen3-vk-demo")
-    ap.add_argument("--prompt", default="The quick brown fox")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap = argparse.ArgumentParser(prog="python -m frontend.demo", description=__doc__, formatter_class=HelpFormatter)
+    ap.add_argument("--preset", default="qwen3-0.6b", choices=list(PRESETS), help="model shape to make")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "qwen3-vk-demo",
+                    help="where the model and the compiled module are kept (reused by the next run)")
+    ap.add_argument("--prompt", default="The quick brown fox", help="prompt to generate from")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate")
     a = ap.parse_args(argv)
 
     from frontend import compile as compile_cli
@@ -40,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if rc:
         return rc
     print(f"[3/3] generating (greedy, {a.max_new_tokens} tokens, per-op GPU profile):")
-    return generate.main([str(out), "--prompt", a.prompt, "--max-new-tokens", str(a.max_new_tokens),
-                          "--temperature", "0", "--profile"])
+    rc = generate.main([str(out), "--prompt", a.prompt, "--max-new-tokens", str(a.max_new_tokens),
+                        "--temperature", "0", "--profile"])
+    print(f"\nfiles left in {a.workdir} (kept for the next run; delete the folder to free the space):\n"
+          f"  model (random weights): {model}\n  compiled module:        {out}\n"
+          f"next: python -m runtime.chat {out}\n      python -m runtime.serve {out}", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":

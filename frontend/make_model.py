@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import atomic_dir
+from common.cli_help import HelpFormatter
 from common.errors import UserError, cli_main
 from common.progress import Progress
 from frontend import safetensors_io as st
@@ -115,12 +116,13 @@ def make_model(out: Path, preset: str, dtype: str = "bf16", seed: int = 0, shard
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m frontend.make_model", description=__doc__)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--preset", default="qwen3-0.6b", choices=list(PRESETS))
-    ap.add_argument("--dtype", default="bf16", choices=list(_ST_DTYPE))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--shards", type=int, default=1)
+    ap = argparse.ArgumentParser(prog="python -m frontend.make_model", description=__doc__,
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("out", type=Path, help="directory to write (config.json, safetensors, tokenizer)")
+    ap.add_argument("--preset", default="qwen3-0.6b", choices=list(PRESETS), help="model shape")
+    ap.add_argument("--dtype", default="bf16", choices=list(_ST_DTYPE), help="dtype of the stored weights")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    ap.add_argument("--shards", type=int, default=1, help="number of safetensors files (> 1 writes an index)")
     ap.add_argument("--force", action="store_true", help="replace OUT if it exists")
     a = ap.parse_args(argv)
     make_model(a.out, a.preset, a.dtype, a.seed, a.shards, a.force)

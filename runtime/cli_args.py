@@ -7,11 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.cli_help import HelpFormatter
 from common.errors import UserError
 
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the module docstring's line breaks in ``--help``."""
+__all__ = ["HelpFormatter", "add_model_args", "add_sampling_args", "check_text", "open_module", "read_prompt",
+           "sampling_from_args"]
 
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:

@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m runtime.generate", description=__doc__,
                                  formatter_class=HelpFormatter)
     add_model_args(ap)
-    ap.add_argument("--prompt", help="the prompt text; '-' reads it from standard input")
-    ap.add_argument("--prompt-file", type=Path, help="read the prompt from this UTF-8 file instead")
+    ap.add_argument("--prompt", help="the prompt text; '-' reads it from standard input (no default: "
+                    "pass --prompt or --prompt-file)")
+    ap.add_argument("--prompt-file", type=Path, help="read the prompt from this UTF-8 file instead (default: none)")
     ap.add_argument("--max-new-tokens", type=int, help="most tokens to generate (default: generation_config's "
                     "max_new_tokens, else 32)")
     add_sampling_args(ap)
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
     ap.add_argument("--profile", action="store_true", default=os.environ.get("PROFILE") == "1",
                     help="print the per-op GPU profile (default: on when PROFILE=1)")
-    ap.add_argument("--trace", type=Path, help="write a Chrome/Perfetto trace of the profiled steps to this file")
+    ap.add_argument("--trace", type=Path, help="write a Chrome/Perfetto trace of the profiled steps to this file "
+                    "(default: none)")
     return ap
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from common.cli_help import HelpFormatter
 from common.errors import UserError, cli_main
 from ir.shapes import resolve
 
@@ -81,10 +82,10 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.tune", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("compiled_dir", type=Path)
-    ap.add_argument("--adapter", help="Vulkan adapter index or name substring")
+    ap = argparse.ArgumentParser(prog="python -m runtime.tune", description=__doc__, formatter_class=HelpFormatter)
+    ap.add_argument("compiled_dir", type=Path, help="compiled module to tune (its manifest records the choices)")
+    ap.add_argument("--adapter", help="Vulkan adapter index or name substring (default: $QWEN3VK_ADAPTER, else the "
+                    "first GPU)")
     ap.add_argument("--reps", type=int, default=50, help="launches per timed pass")
     a = ap.parse_args(argv)
     tune(a.compiled_dir, a.adapter, a.reps)

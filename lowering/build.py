@@ -12,16 +12,17 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import tvm
 
+from lowering.kernels.common import SCALARS, opaque_loop_extents
 from lowering.kernels.spec import KernelSpec
 from lowering.schedule import apply_rule, rules_for
 
-SCHEDULE_VERSION = "2"
-SCALARS = ("seq", "total")
+SCHEDULE_VERSION = "3"  # bump when the build steps here change the WGSL
 _BIND_RE = re.compile(r"@binding\((\d+)\) var<storage, (read|read_write)> (\w+) : array<([\w<>]+)>")
 _POD_RE = re.compile(r"struct PODArgs \{([^}]*)\}")
 _WG_RE = re.compile(r"@workgroup_size\((\d+), (\d+), (\d+)\)")
@@ -96,6 +97,19 @@ def _parse(spec: KernelSpec, name: str, src: str, func, rule: str) -> Kernel:
     return Kernel(name, spec.key, spec.kclass, rule, entries[0], wgsl, bindings, pod, wg, grid)
 
 
+def _pipeline() -> tuple[tvm.transform.Pass, Callable[[], tvm.transform.Pass], Callable[[], tvm.transform.Pass]]:
+    """TVM's default TIR pipeline, plus a last device pass that keeps loop trip counts from depending
+    on uniforms alone (lavapipe recompiles such shaders per dispatch: see ``opaque_loop_extents``)."""
+    lower, host, device = tvm.tirx.get_tir_pipeline("s_tir")
+    opaque = tvm.tirx.transform.prim_func_pass(lambda f, _m, _c: opaque_loop_extents(f), opt_level=0,
+                                               name="OpaqueLoopExtents")
+    return lower, host, lambda: tvm.transform.Sequential([device(), opaque])
+
+
+_PIPELINE = "qwen3vk"
+tvm.tirx.register_tir_pipeline(_PIPELINE, _pipeline)
+
+
 def _generator_digest() -> str:
     """Hash of the kernel generator sources: an edited schedule template must not hit a stale cache."""
     h = hashlib.sha256()
@@ -144,7 +158,7 @@ def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True, first_vari
             if scheduled is None:
                 continue
             with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
-                ex = tvm.tirx.build(scheduled, target=target)
+                ex = tvm.tirx.build(scheduled, target=target, pipeline=_PIPELINE)
             kernel = _parse(spec, name, ex.imports[0].inspect_source(), scheduled[name], rule)
             break
         except Exception as e:  # noqa: BLE001 - a rule that cannot handle this shape: try the next

@@ -1,6 +1,7 @@
 """Prefill / decode throughput and the per-op roofline of a compiled module, beside a peer.
 
     python benchmarks/bench.py COMPILED_DIR [--model-dir DIR] [--runs 5] [--peer hf|none]
+    python benchmarks/bench.py COMPILED_DIR --decode-sweep 128,16,64,256,400,600 [--new 32 --runs 3] [--cold-warm]
 
 Measures prefill tok/s (prompts 128 and 512), decode tok/s (128 new tokens after a 128-token
 prompt, and at context 1024), medians of --runs after a warm-up; the per-op profile of a decode
@@ -8,15 +9,25 @@ step, and a roofline table per kernel class against ceilings measured in the sam
 module's vec4 copy kernel, and its largest prefill GEMM, each timed alone); and HF transformers on
 the same weights and device (CUDA when torch sees it, else CPU). Prints ratios, appends one JSON
 line per metric to benchmarks/results.jsonl.
+
+``--decode-sweep`` measures only decode tok/s after each of several prompt lengths (in that
+order; best of --runs blocks of --new tokens) and prints min/median/max: a driver whose speed
+depends on the process's history shows as a wide spread (lavapipe once recompiled shaders per
+dispatch, see ``lowering.kernels.common.opaque_loop_extents``). With ``--cold-warm`` the sweep runs
+in two fresh processes sharing a new, empty Mesa shader cache: the first starts cold, the second
+warm.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,6 +136,73 @@ def time_decode(model, context: int, new: int, runs: int) -> float:
     return statistics.median(out)
 
 
+def decode_sweep(model, prompts: list[int], new: int, runs: int) -> list[float]:
+    """Decode tok/s after each prompt length, in the given order (the first decode of a process can
+    decide a driver's state for the rest of it): one untimed step, then ``runs`` blocks of ``new``
+    tokens; the best block counts (the CI machine is shared: other processes only slow a block
+    down, and a driver stuck in a slow state is slow in every block)."""
+    ex, rates = model.executor, []
+    for n in prompts:
+        prompt = np.random.default_rng(n).integers(0, model.config.vocab_size, n).astype(np.int32)
+        total = 0
+        for s in range(0, n, ex.chunk):
+            chunk = prompt[s:s + ex.chunk]
+            total += len(chunk)
+            logits, _ = ex.step("prefill", chunk, total)
+        tok = int(logits.argmax())
+        blocks = []
+        for i in range(runs * new + 1):
+            if i % new == 1 or new == 1:
+                t0 = time.perf_counter()
+            total += 1
+            logits, _ = ex.step("decode", np.asarray([tok], np.int32), total)
+            tok = int(logits.argmax())
+            if i and i % new == 0:
+                blocks.append(new / (time.perf_counter() - t0))
+        rates.append(max(blocks))
+        print(f"  prompt {n:5}: decode {rates[-1]:8.2f} tok/s (best of {runs} x {new} tokens; median "
+              f"{statistics.median(blocks):.2f})", flush=True)
+    return rates
+
+
+def run_sweep(a: argparse.Namespace, command: str) -> int:
+    """``--decode-sweep``: this process, or (``--cold-warm``) two child processes on a fresh Mesa
+    shader cache."""
+    if a.cold_warm:
+        argv = [x for x in sys.argv if x != "--cold-warm"]
+        with tempfile.TemporaryDirectory(prefix="mesa-cache-") as cache:
+            env = {**os.environ, "MESA_SHADER_CACHE_DIR": cache}
+            for label in ("cold", "warm"):
+                print(f"== {label} process (Mesa shader cache {'empty' if label == 'cold' else 'from the cold run'})",
+                      flush=True)
+                rc = subprocess.call([sys.executable, *argv, "--process-label", label], env=env)
+                if rc:
+                    return rc
+        return 0
+    model = load(a.compiled_dir, a.model_dir, verbose=False)
+    prompts = [int(x) for x in a.decode_sweep.split(",") if x]
+    steps = a.runs * a.new + 1
+    fit = [n for n in prompts if n + steps <= model.max_context]
+    if fit != prompts:
+        print(f"note: skipping prompts {sorted(set(prompts) - set(fit))}: prompt + {steps} tokens exceed the "
+              f"compiled context {model.max_context}")
+    rates = decode_sweep(model, fit, a.new, a.runs)
+    lo, med, hi = min(rates), statistics.median(rates), max(rates)
+    label = f" ({a.process_label} process)" if a.process_label else ""
+    print(f"decode sweep{label}, {model.device.name}, prompts {','.join(map(str, fit))}, best of {a.runs} x {a.new} "
+          "tokens each: "
+          f"min/median/max {lo:.1f} / {med:.1f} / {hi:.1f} tok/s (max/min {hi / lo:.2f}x; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)", flush=True)
+    date = time.strftime("%Y-%m-%d")
+    with open(a.results, "a") as f:
+        for k, v in (("min", lo), ("median", med), ("max", hi)):
+            f.write(json.dumps({"date": date, "device": model.device.name, "model": model.module.manifest["model_dir"],
+                                "weight_dtype": model.module.options["weight_dtype"],
+                                "metric": f"decode_sweep_{k}_tok_s", "value": v, "prompts": fit,
+                                "process": a.process_label or None, "command": command}) + "\n")
+    return 0
+
+
 def hf_peer(model_dir: Path, runs: int) -> dict[str, float]:
     import torch
     from transformers import AutoModelForCausalLM
@@ -177,8 +255,18 @@ def main() -> int:
     ap.add_argument("--prompts", default="128,512", help="prefill prompt lengths (comma-separated)")
     ap.add_argument("--long-context", type=int, default=1024, help="also time decode at this context (0: skip)")
     ap.add_argument("--results", type=Path, default=Path(__file__).with_name("results.jsonl"))
+    ap.add_argument("--decode-sweep", default="", metavar="PROMPTS",
+                    help="only time decode (best of --runs blocks of --new tokens) after each of these prompt "
+                         "lengths, in order, and print min/median/max tok/s (default: off)")
+    ap.add_argument("--cold-warm", action="store_true",
+                    help="with --decode-sweep: run it in two fresh processes, empty then warm Mesa shader cache")
+    ap.add_argument("--process-label", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
+    if a.cold_warm and not a.decode_sweep:
+        ap.error("--cold-warm needs --decode-sweep")
+    if a.decode_sweep:
+        return run_sweep(a, command)
     model = load(a.compiled_dir, a.model_dir, verbose=True)
     ctx = model.max_context
     dev_name = model.device.name

@@ -43,7 +43,7 @@ def _timer(model, name: str, sizes: list[int], seq: int, total: int):
     from runtime.kernel import KernelProgram
     from runtime.microbench import KernelTimer
 
-    kernels, wgsl = model.module.manifest["kernels"], model.module.wgsl
+    kernels, wgsl = model.module.manifest.kernels, model.module.wgsl
     return KernelTimer(model.device, KernelProgram(model.device.device, name, kernels[name], wgsl[name]), sizes,
                        seq, total)
 
@@ -53,7 +53,7 @@ def copy_ceiling(model) -> float:
     binding allows (<= 256 MiB), timed with timestamps like every other kernel."""
     limit = model.device.limits.get("max-storage-buffer-binding-size", 128 << 20)
     n = min(limit, 256 << 20) // 16
-    timer = _timer(model, model.module.manifest["calibration"]["copy"], [16 * n, 16 * n], 1, n)
+    timer = _timer(model, model.module.manifest.calibration["copy"], [16 * n, 16 * n], 1, n)
     t = timer.seconds(reps=20)
     timer.destroy()
     return 32 * n / t / 1e9
@@ -61,16 +61,14 @@ def copy_ceiling(model) -> float:
 
 def gemm_ceiling(model) -> tuple[float, str]:
     """GFLOP/s of the module's largest prefill GEMM (a full prefill chunk), timed alone."""
-    from runtime.tune import arg_bytes
-
-    plan = model.module.manifest["phases"]["prefill"]
+    plan = model.module.manifest.phases["prefill"]
     seq = model.executor.chunk
-    gemms = [d for d in plan["dispatches"] if d["kclass"] == "gemm"]
-    d = max(gemms, key=lambda d: cost(d["flops"], seq, seq))
-    timer = _timer(model, d["kernel"], arg_bytes(plan, d["args"], seq, seq, model.max_context), seq, seq)
+    gemms = [d for d in plan.dispatches if d.kclass == "gemm"]
+    d = max(gemms, key=lambda d: cost(d.flops, seq, seq))
+    timer = _timer(model, d.kernel, plan.arg_bytes(d.args, seq, seq, model.max_context), seq, seq)
     t = timer.seconds(reps=10)
     timer.destroy()
-    return cost(d["flops"], seq, seq) / t / 1e9, f"{d['node']} seq={seq}"
+    return cost(d.flops, seq, seq) / t / 1e9, f"{d.node} seq={seq}"
 
 
 def roofline(profiles, plans, phase: str, copy_gb_s: float, gemm_gflop_s: float) -> tuple[str, dict]:
@@ -80,11 +78,11 @@ def roofline(profiles, plans, phase: str, copy_gb_s: float, gemm_gflop_s: float)
     times = np.mean([p.times for p in steps], axis=0)
     seq, total = steps[-1].seq, steps[-1].total
     agg: dict[str, list[float]] = {}
-    for d, t in zip(plans[phase]["dispatches"], times, strict=True):
-        a = agg.setdefault(d["kclass"], [0.0, 0.0, 0.0, 0])
+    for d, t in zip(plans[phase].dispatches, times, strict=True):
+        a = agg.setdefault(d.kclass, [0.0, 0.0, 0.0, 0])
         a[0] += t
-        a[1] += cost(d["bytes"], seq, total)
-        a[2] += cost(d["flops"], seq, total)
+        a[1] += cost(d.bytes, seq, total)
+        a[2] += cost(d.flops, seq, total)
         a[3] += 1
     step = float(times.sum())
     lines = [f"== roofline: {phase} seq={seq} total={total}; ceilings: copy {copy_gb_s:.0f} GB/s, "
@@ -196,8 +194,8 @@ def run_sweep(a: argparse.Namespace, command: str) -> int:
     date = time.strftime("%Y-%m-%d")
     with open(a.results, "a") as f:
         for k, v in (("min", lo), ("median", med), ("max", hi)):
-            f.write(json.dumps({"date": date, "device": model.device.name, "model": model.module.manifest["model_dir"],
-                                "weight_dtype": model.module.options["weight_dtype"],
+            f.write(json.dumps({"date": date, "device": model.device.name, "model": model.module.manifest.model_dir,
+                                "weight_dtype": model.module.manifest.options.weight_dtype,
                                 "metric": f"decode_sweep_{k}_tok_s", "value": v, "prompts": fit,
                                 "process": a.process_label or None, "command": command}) + "\n")
     return 0
@@ -270,7 +268,7 @@ def main() -> int:
     model = load(a.compiled_dir, a.model_dir, verbose=True)
     ctx = model.max_context
     dev_name = model.device.name
-    wdtype = model.module.options["weight_dtype"]
+    wdtype = model.module.manifest.options.weight_dtype
     metrics: dict[str, float] = {}
     metrics["copy_gb_s"] = copy_ceiling(model)
     metrics["gemm_ceiling_gflop_s"], gemm_what = gemm_ceiling(model)
@@ -285,7 +283,7 @@ def main() -> int:
     # per-op profile of a 128-token prefill and decode steps at context 128
     list(model.generate(list(range(1, 129)), 8, profile=True))
     prof = model.last_stats.profiles
-    plans = model.module.manifest["phases"]
+    plans = model.module.manifest.phases
     print(report(prof, plans, "decode"))
     for phase in ("prefill", "decode"):
         table, by_class = roofline(prof, plans, phase, metrics["copy_gb_s"], metrics["gemm_ceiling_gflop_s"])
@@ -297,9 +295,9 @@ def main() -> int:
             metrics["prefill_gemm_gflop_s"] = by_class["gemm"]["gflop_s"]
     dec = [p for p in prof if p.phase == "decode"]
     times = np.mean([p.times for p in dec], axis=0)
-    layer0 = [d for d in plans["decode"]["dispatches"] if d["node"].startswith("layers.0.")]
+    layer0 = [d for d in plans["decode"].dispatches if d.node.startswith("layers.0.")]
     metrics["dispatches_per_layer"] = len(layer0)
-    metrics["dispatches_per_token"] = len(plans["decode"]["dispatches"])
+    metrics["dispatches_per_token"] = len(plans["decode"].dispatches)
     metrics["decode_gpu_ms_per_token"] = float(times.sum() * 1e3)
     peer = hf_peer(model.model_dir, a.runs) if a.peer == "hf" else {}
     date = time.strftime("%Y-%m-%d")
@@ -309,7 +307,7 @@ def main() -> int:
             pv = peer.get(k)
             ratio = f"  ({v / pv:.2f}x peer {pv:.1f})" if pv else ""
             print(f"{k:26} {v:12.2f}{ratio}")
-            f.write(json.dumps({"date": date, "device": dev_name, "model": model.module.manifest["model_dir"],
+            f.write(json.dumps({"date": date, "device": dev_name, "model": model.module.manifest.model_dir,
                                 "weight_dtype": wdtype, "metric": k, "value": v,
                                 "peer": f"hf-transformers-{peer.get('device')}" if pv else None,
                                 "peer_value": pv, "command": command}) + "\n")

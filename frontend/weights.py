@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +43,13 @@ def lm_head_param(cfg: Qwen3Config) -> str:
 
 
 class WeightStore:
-    """Validated, lazily loaded tensors of one model directory."""
+    """Validated, lazily loaded tensors of one model directory. ``expected`` names every tensor
+    the model needs with its checkpoint shape (``expected_params(cfg)`` when compiling; the
+    compiled module's weight list when running, so the runtime parses no config)."""
 
-    def __init__(self, model_dir: str | Path, cfg: Qwen3Config) -> None:
+    def __init__(self, model_dir: str | Path, expected: Mapping[str, tuple[int, ...]]) -> None:
         self.dir = Path(model_dir)
-        self.cfg = cfg
+        self.expected = dict(expected)
         self.files = self._files()
         self._tensors: dict[str, st.TensorInfo] = {}
         self._starts: dict[Path, int] = {}
@@ -77,7 +80,7 @@ class WeightStore:
         raise UserError(f"{self.dir}: no model.safetensors or model.safetensors.index.json found")
 
     def _validate(self) -> None:
-        for name, shape in expected_params(self.cfg).items():
+        for name, shape in self.expected.items():
             info = self._tensors.get(name)
             if info is None:
                 raise UserError(f"{self.dir}: tensor '{name}' is missing (expected shape {list(shape)})")
@@ -106,7 +109,7 @@ class WeightStore:
         for f in self.files:
             h.update(f.name.encode())
             h.update(self._headers[f])
-        for name in sorted(expected_params(self.cfg)):
+        for name in sorted(self.expected):
             info = self._tensors[name]
             n = info.end - info.start
             with open(info.path, "rb") as fh:

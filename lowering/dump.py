@@ -12,32 +12,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common import expr
 from common.cli_help import HelpFormatter
 from common.errors import UserError, cli_main
+from common.manifest import KernelInfo, Plan, load_manifest
 from ir.dot import to_dot
 from ir.graph import Graph
 from ir.printer import format_node
 from ir.serialize import from_json
 from lowering.classify import KERNEL_CLASSES
-from runtime.compiled import load_compiled
 
 
-def _rows(g: Graph, plan: dict, kernels: dict) -> list[dict[str, Any]]:
-    by_node = {d["node"]: d for d in plan["dispatches"]}
+def _rows(g: Graph, plan: Plan, kernels: dict[str, KernelInfo]) -> list[dict[str, Any]]:
+    by_node = {d.node: d for d in plan.dispatches}
     rows = []
     for n in g.nodes():
         d = by_node.get(n.name)
-        k = kernels.get(d["kernel"]) if d else None
+        k = kernels.get(d.kernel) if d else None
         rows.append({
             "name": n.name, "op": n.op, "shape": list(n.shape), "dtype": n.dtype,
             "inputs": n.inputs,
             "kernel_class": n.attrs.get("kernel_class") if n.op == "matmul" else None,
             "fused_matmuls": n.attrs.get("fused_matmuls", []),
             "reason": n.attrs.get("reason"),
-            "kernel": d["kernel"] if d else None,
-            "schedule": k["rule"] if k else None,
-            "grid": k["grid"] if k else None,
-            "workgroup": k["workgroup"] if k else None,
+            "kernel": d.kernel if d else None,
+            "schedule": k.rule if k else None,
+            "grid": [expr.to_text(e) for e in k.grid] if k else None,
+            "workgroup": list(k.workgroup) if k else None,
             "covers": n.attrs.get("covers", [n.name]),
             "split_of": n.attrs.get("split_of"),
             "written_by": n.attrs.get("written_by"),  # an in-place write another node's kernel performs
@@ -65,13 +66,13 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def dump(compiled_dir: Path, phase: str, fmt: str) -> str:
-    mod = load_compiled(compiled_dir)
+    manifest = load_manifest(compiled_dir)
     gpath = compiled_dir / "graphs" / f"{phase}.json"
     try:
         g = from_json(gpath.read_text())
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{gpath}: cannot read the lowered graph ({e})") from None
-    rows = _rows(g, mod.manifest["phases"][phase], mod.manifest["kernels"])
+    rows = _rows(g, manifest.phases[phase], manifest.kernels)
     summ = summary(rows)
     if fmt == "json":
         return json.dumps({"phase": phase, "nodes": rows, "summary": summ}, indent=1)
@@ -79,7 +80,7 @@ def dump(compiled_dir: Path, phase: str, fmt: str) -> str:
         info = {r["name"]: r for r in rows}
         return to_dot(g, lambda n: " ".join(x for x in (info[n.name]["kernel_class"] or "",
                                                           info[n.name]["kernel"] or "") if x))
-    lines = [f"# lowered {phase} graph of {mod.manifest['model_dir']}"]
+    lines = [f"# lowered {phase} graph of {manifest.model_dir}"]
     for r in rows:
         n = g[r["name"]]
         extra = []

@@ -10,7 +10,6 @@ Layout of OUT (no weights inside; they are read from the model dir at run time):
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,11 +17,26 @@ from typing import Any
 
 import tvm
 
+from common import expr
 from common.atomic import atomic_dir
+from common.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    Binding,
+    CompileOptions,
+    Dispatch,
+    KernelInfo,
+    KVCacheSpec,
+    Manifest,
+    ModelInfo,
+    Plan,
+    Requirements,
+    WeightSpec,
+)
 from common.progress import Progress
 from frontend.config import load_config
 from frontend.qwen3 import PHASES, trace
-from frontend.weights import WeightStore
+from frontend.weights import WeightStore, expected_params
 from ir.graph import Graph
 from ir.ops import LEAF_OPS, VIEW_OPS
 from ir.serialize import to_json
@@ -33,10 +47,9 @@ from lowering.kernels.spec import KernelSpec, LowerOptions, spec_for
 from lowering.pipeline import lower
 from lowering.plan import plan_memory, storage_root
 
-FORMAT_VERSION = 2
 
-
-def _dispatches(g: Graph, opts: LowerOptions, specs: dict[str, KernelSpec], names: dict[str, str]) -> list[dict]:
+def _dispatches(g: Graph, opts: LowerOptions, specs: dict[str, KernelSpec],
+                names: dict[str, str]) -> list[dict[str, Any]]:
     out = []
     for n in g.nodes():
         if n.op in LEAF_OPS or n.op in VIEW_OPS or n.attrs.get("written_by"):
@@ -50,52 +63,55 @@ def _dispatches(g: Graph, opts: LowerOptions, specs: dict[str, KernelSpec], name
             specs[spec.key] = spec
         args = [a if a.startswith("const:") else storage_root(g, a) for a in spec.args]
         out.append({"node": n.name, "op": n.op, "kernel": names[spec.key], "args": args,
-                    "flops": spec.flops, "bytes": spec.bytes})
+                    "flops": expr.parse(spec.flops), "bytes": expr.parse(spec.bytes)})
     return out
 
 
-def _requirements(kernels: dict[str, Kernel], plans: dict[str, Any], opts: LowerOptions, cfg) -> dict[str, Any]:
-    biggest = max(max(p["slots"], default=0) for p in plans.values())
-    for p in plans.values():
-        for t in p["tensors"].values():
-            if t["kind"] == "weight":
-                rows = t["rows"][1] - t["rows"][0] if t["rows"] else t["shape"][0]
-                cols = t["shape"][1] if len(t["shape"]) > 1 else 1
-                biggest = max(biggest, rows * cols * (2 if t["dtype"] == "float16" else 4))
-    biggest = max(biggest, cfg.num_key_value_heads * opts.max_context * cfg.head_dim * 4)
-    return {
-        "features": ["shader-f16"] if any("enable f16" in k.wgsl for k in kernels.values()) else [],
-        "limits": {
+def _requirements(kernels: dict[str, Kernel], plans: dict[str, Plan], weights: list[WeightSpec],
+                  kv: KVCacheSpec) -> Requirements:
+    biggest = max([*(max(p.slots, default=0) for p in plans.values()), *(w.nbytes for w in weights), kv.buffer_bytes])
+    return Requirements(
+        features=["shader-f16"] if any("enable f16" in k.wgsl for k in kernels.values()) else [],
+        limits={
             "max-storage-buffer-binding-size": biggest,
             "max-storage-buffers-per-shader-stage": max(len(k.bindings) for k in kernels.values()),
             "max-compute-invocations-per-workgroup": max(k.workgroup[0] * k.workgroup[1] * k.workgroup[2]
                                                          for k in kernels.values()),
         },
-        "optional_features": ["timestamp-query"],
-    }
+        optional_features=["timestamp-query"],
+    )
+
+
+def kernel_info(k: Kernel, alternates: list[str] | None = None) -> KernelInfo:
+    """The manifest entry of a built kernel (launch grid as expression data)."""
+    return KernelInfo(k.key, k.kclass, k.rule, k.entry, f"kernels/{k.name}.wgsl",
+                      [Binding(b["slot"], b["arg"], b["write"], b["type"]) for b in k.bindings], list(k.pod),
+                      tuple(k.workgroup), tuple(expr.parse(e) for e in k.grid), alternates or [])
 
 
 def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = False,
-                  dump_after: str | None = None, use_cache: bool = True, log=print) -> dict[str, Any]:
+                  dump_after: str | None = None, use_cache: bool = True, log=print) -> Manifest:
     t0 = time.perf_counter()
     cfg = load_config(model_dir)
     if opts.max_context > cfg.max_position_embeddings:
         raise LoweringError(f"--max-context {opts.max_context} exceeds max_position_embeddings "
                             f"{cfg.max_position_embeddings} in {Path(model_dir) / 'config.json'}")
-    ws = WeightStore(model_dir, cfg)
+    ws = WeightStore(model_dir, expected_params(cfg))
     graphs: dict[str, Graph] = {}
     specs: dict[str, KernelSpec] = {}
     names: dict[str, str] = {}
-    plans: dict[str, Any] = {}
+    plans: dict[str, Plan] = {}
+    dispatches: dict[str, list[dict[str, Any]]] = {}
+    weights: dict[str, WeightSpec] = {}
     for phase in PHASES:
         g = lower(trace(cfg, phase, opts.weight_dtype), opts, dump_after, log)
         graphs[phase] = g
         max_dims = {"seq": 1 if phase == "decode" else opts.prefill_chunk, "total": opts.max_context,
                     "ctx": opts.max_context}
-        plan = plan_memory(g, max_dims)
-        plan["dispatches"] = _dispatches(g, opts, specs, names)
-        plan["outputs"] = {n.attrs["name"]: storage_root(g, n.name) for n in g.by_op("output")}
-        plans[phase] = plan
+        tensors, slots, phase_weights = plan_memory(g, max_dims, ws.expected)
+        weights.update({w.key: w for w in phase_weights})
+        dispatches[phase] = _dispatches(g, opts, specs, names)
+        plans[phase] = Plan(tensors, slots, [], {n.attrs["name"]: storage_root(g, n.name) for n in g.by_op("output")})
     kernels: dict[str, Kernel] = {}
     alternates: dict[str, list[str]] = {}
     progress = Progress("building kernels", sum(max(1, len(s.variants)) for s in specs.values()))
@@ -120,24 +136,18 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
     calib, _ = build_kernel(copy_spec(), COPY_KERNEL, use_cache, first_variant_only=True)
     kernels[calib.name] = calib
     progress.done()
-    for plan in plans.values():
-        for d in plan["dispatches"]:
-            d["kclass"] = kernels[d["kernel"]].kclass
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "tvm_version": tvm.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "model_dir": str(Path(model_dir).resolve()),
-        "config": cfg.to_dict(),
-        "weights_fingerprint": ws.fingerprint(),
-        "options": {"weight_dtype": opts.weight_dtype, "max_context": opts.max_context,
-                    "prefill_chunk": opts.prefill_chunk, "max_binding_bytes": opts.max_binding_bytes},
-        "requires": _requirements(kernels, plans, opts, cfg),
-        "kernels": {name: {**k.to_json(), "file": f"kernels/{name}.wgsl", "alternates": alternates.get(name, [])}
-                    for name, k in kernels.items()},
-        "phases": plans,
-        "calibration": {"copy": COPY_KERNEL},
-    }
+    for phase, plan in plans.items():
+        plan.dispatches = [Dispatch(**d, kclass=kernels[d["kernel"]].kclass) for d in dispatches[phase]]
+    kv = KVCacheSpec(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, opts.max_context, "float32")
+    weight_list = list(weights.values())
+    manifest = Manifest(
+        format_version=FORMAT_VERSION, tvm_version=tvm.__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        model_dir=str(Path(model_dir).resolve()), model=ModelInfo("qwen3", cfg.vocab_size, cfg.num_hidden_layers),
+        config=cfg.to_dict(), weights_fingerprint=ws.fingerprint(),
+        options=CompileOptions(opts.weight_dtype, opts.max_context, opts.prefill_chunk, opts.max_binding_bytes),
+        requires=_requirements(kernels, plans, weight_list, kv), weights=weight_list, kv_cache=kv,
+        kernels={name: kernel_info(k, alternates.get(name, [])) for name, k in kernels.items()},
+        phases=plans, calibration={"copy": COPY_KERNEL})
     with atomic_dir(out, force) as tmp:
         (tmp / "graphs").mkdir()
         (tmp / "kernels").mkdir()
@@ -145,7 +155,7 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
             (tmp / "graphs" / f"{phase}.json").write_text(to_json(g))
         for name, k in kernels.items():
             (tmp / "kernels" / f"{name}.wgsl").write_text(k.wgsl)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (tmp / MANIFEST_FILE).write_text(manifest.to_json())
     log(f"compiled {len(kernels)} kernels ({cached} from cache) for {cfg.num_hidden_layers} layers in "
         f"{time.perf_counter() - t0:.1f}s -> {out}")
     return manifest

@@ -9,12 +9,13 @@ a slot, sized for the largest step: ``seq`` = prefill chunk, ``total`` = max con
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
+from common.dtypes import DTYPE_BYTES
+from common.manifest import Storage, WeightSpec
 from ir.graph import Graph
 from ir.ops import VIEW_OPS
 from ir.shapes import resolve
-from lowering.kernels.common import DTYPE_BYTES
 
 
 def storage_root(g: Graph, name: str) -> str:
@@ -24,8 +25,10 @@ def storage_root(g: Graph, name: str) -> str:
     return n.name
 
 
-def plan_memory(g: Graph, max_dims: dict[str, int]) -> dict[str, Any]:
-    """Greedy liveness-based slot sharing. Returns {"tensors": name -> storage, "slots": sizes}."""
+def plan_memory(g: Graph, max_dims: dict[str, int],
+                param_shapes: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, Storage], list[int], list[WeightSpec]]:
+    """Greedy liveness-based slot sharing. Returns where each tensor lives, the slot sizes in
+    bytes, and the weights the phase reads (``param_shapes``: each checkpoint tensor's shape)."""
     order = [n.name for n in g.nodes()]
     last_use: dict[str, int] = {}
     for idx, n in enumerate(g.nodes()):
@@ -33,7 +36,8 @@ def plan_memory(g: Graph, max_dims: dict[str, int]) -> dict[str, Any]:
             last_use[storage_root(g, i)] = idx
         if n.op == "output":
             last_use[storage_root(g, n.name)] = len(order)
-    tensors: dict[str, dict[str, Any]] = {}
+    tensors: dict[str, Storage] = {}
+    weights: list[WeightSpec] = []
     slots: list[int] = []
     slot_free_at: list[int] = []
     for idx, n in enumerate(g.nodes()):
@@ -41,12 +45,15 @@ def plan_memory(g: Graph, max_dims: dict[str, int]) -> dict[str, Any]:
         if root != n.name:
             continue
         if n.op == "weight":
-            tensors[n.name] = {"kind": "weight", "param": n.attrs["param"], "rows": n.attrs.get("rows"),
-                               "shape": list(n.shape), "dtype": n.dtype}
+            rows = n.attrs.get("rows")
+            w = WeightSpec(n.attrs["param"], tuple(param_shapes[n.attrs["param"]]), n.dtype,
+                           tuple(rows) if rows else None)
+            weights.append(w)
+            tensors[n.name] = Storage("weight", tuple(n.shape), n.dtype, weight=w.key)
             continue
         if n.op == "input":
             kind = "cache" if n.attrs.get("role") == "kv_cache" else "input"
-            tensors[n.name] = {"kind": kind, "shape": list(n.shape), "dtype": n.dtype}
+            tensors[n.name] = Storage(kind, tuple(n.shape), n.dtype)
             continue
         size = DTYPE_BYTES[n.dtype]
         for d in resolve(n.shape, max_dims):
@@ -61,5 +68,5 @@ def plan_memory(g: Graph, max_dims: dict[str, int]) -> dict[str, Any]:
             s = len(slots) - 1
         slots[s] = max(slots[s], size)
         slot_free_at[s] = last_use.get(n.name, idx)
-        tensors[n.name] = {"kind": "slot", "slot": s, "shape": list(n.shape), "dtype": n.dtype}
-    return {"tensors": tensors, "slots": slots}
+        tensors[n.name] = Storage("slot", tuple(n.shape), n.dtype, slot=s)
+    return tensors, slots, weights

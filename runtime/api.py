@@ -58,19 +58,17 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class Model:
     def __init__(self, module: CompiledModule, model_dir: Path, adapter: str | None, verbose: bool) -> None:
-        from frontend.config import parse_config
-
         self.module = module
         self.model_dir = model_dir
-        cfg = parse_config({**module.config, "model_type": "qwen3"}, module.path / "manifest.json")
-        weights = WeightStore(model_dir, cfg)
-        if weights.fingerprint() != module.manifest["weights_fingerprint"]:
+        mf = module.manifest
+        weights = WeightStore(model_dir, {w.param: w.shape for w in mf.weights})
+        if weights.fingerprint() != mf.weights_fingerprint:
             raise UserError(f"{model_dir}: weights changed since {module.path} was compiled (fingerprint "
                             "mismatch); recompile with python -m frontend.compile")
-        self.device = open_device(adapter, module.manifest["requires"])
-        self.executor = Executor(module, str(model_dir), self.device, weights, verbose)
-        self.config = cfg
-        self.max_context = module.options["max_context"]
+        self.device = open_device(adapter, mf.requires)
+        self.executor = Executor(module, self.device, weights, verbose)
+        self.config = mf.model  # what the runtime knows of the model: family, vocab_size, layers
+        self.max_context = mf.options.max_context
         self.last_stats = GenerationStats()
         self._tokenizer = None
         self.generation_config = generation_defaults(model_dir)
@@ -187,5 +185,5 @@ class Model:
 def load(compiled_dir: str | Path, model_dir: str | Path | None = None, adapter: str | None = None,
          verbose: bool = False) -> Model:
     module = load_compiled(compiled_dir)
-    mdir = Path(model_dir) if model_dir else Path(module.manifest["model_dir"])
+    mdir = Path(model_dir) if model_dir else Path(module.manifest.model_dir)
     return Model(module, mdir, adapter, verbose)

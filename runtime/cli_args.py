@@ -84,4 +84,4 @@ def open_module(compiled_dir: Path, model_dir: Path | None):
     from runtime.compiled import load_compiled
 
     module = load_compiled(compiled_dir)
-    return module, Path(model_dir) if model_dir else Path(module.manifest["model_dir"])
+    return module, Path(model_dir) if model_dir else Path(module.manifest.model_dir)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.errors import UserError
+from common.manifest import Requirements
 
 NO_ADAPTER_HELP = ("no Vulkan adapter found. Install your GPU's Vulkan driver, or the CPU implementation "
                    "lavapipe: sudo apt-get install -y mesa-vulkan-drivers libvulkan1")
@@ -36,7 +37,7 @@ def list_adapters() -> list[Any]:
     return [a for a in adapters if a.info.get("backend_type") == "Vulkan"]
 
 
-def open_device(which: str | None = None, required: dict[str, Any] | None = None,
+def open_device(which: str | None = None, required: Requirements | None = None,
                 want_timestamps: bool = True) -> Device:
     """``which``: an adapter index or a substring of its name (default: env QWEN3VK_ADAPTER, else
     the first discrete/integrated GPU, else the first adapter, e.g. lavapipe)."""
@@ -58,7 +59,8 @@ def open_device(which: str | None = None, required: dict[str, Any] | None = None
         adapter = sorted(adapters, key=lambda a: rank.get(a.info.get("adapter_type", ""), 2))[0]
     features = set(adapter.features)
     limits = dict(adapter.limits)
-    check_adapter(adapter.info.get("device", "?"), features, limits, required or {})
+    if required is not None:
+        check_adapter(adapter.info.get("device", "?"), features, limits, required)
     ts = want_timestamps and "timestamp-query" in features
     wanted = [f for f in ("shader-f16", "timestamp-query") if f in features and (f != "timestamp-query" or ts)]
     raise_limits = {k: limits[k] for k in ("max-storage-buffer-binding-size", "max-buffer-size",
@@ -71,14 +73,14 @@ def open_device(which: str | None = None, required: dict[str, Any] | None = None
                   adapter.info.get("adapter_type") == "CPU")
 
 
-def check_adapter(name: str, features: set[str], limits: dict[str, int], required: dict[str, Any]) -> None:
+def check_adapter(name: str, features: set[str], limits: dict[str, int], required: Requirements) -> None:
     """Refuse, with the fix in the message, an adapter that lacks what the module was compiled for.
     (A missing ``timestamp-query`` is not an error: profiling falls back to CPU timing.)"""
-    missing = [f for f in required.get("features", []) if f not in features]
+    missing = [f for f in required.features if f not in features]
     if missing:
         raise UserError(f"adapter '{name}' lacks required feature(s) {missing}; recompile with --weight-dtype f32 "
                         "to run without shader-f16")
-    for key, need in required.get("limits", {}).items():
+    for key, need in required.limits.items():
         have = limits.get(key)
         if have is not None and have < need:
             raise UserError(f"adapter '{name}' limit {key} is {have}, the module needs {need}; recompile with a "

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from common.errors import UserError
+from common.manifest import Dispatch, Plan
 from common.progress import Progress
-from frontend.config import parse_config
 from frontend.weights import WeightStore
 from runtime.compiled import CompiledModule
 from runtime.constants import make_constant
@@ -48,7 +48,7 @@ class StepProfile:
 
 @dataclass
 class _Phase:
-    dispatches: list[dict]
+    dispatches: list[Dispatch]
     programs: list[KernelProgram]
     bind_groups: list[Any]
     pod_buffer: Any
@@ -59,33 +59,30 @@ class _Phase:
 
 
 class Executor:
-    def __init__(self, module: CompiledModule, model_dir: str, dev: Device, weights: WeightStore | None = None,
-                 verbose: bool = True) -> None:
+    def __init__(self, module: CompiledModule, dev: Device, weights: WeightStore, verbose: bool = True) -> None:
         import wgpu
 
         self.wgpu = wgpu
         self.module, self.dev, self.device = module, dev, dev.device
-        self.cfg = parse_config({**module.config, "model_type": "qwen3"}, module.path / "manifest.json")
-        self.ctx = module.options["max_context"]
-        self.chunk = module.options["prefill_chunk"]
-        self.weights = weights or WeightStore(model_dir, self.cfg)
+        mf = module.manifest
+        self.vocab = mf.model.vocab_size
+        self.ctx = mf.options.max_context
+        self.chunk = mf.options.prefill_chunk
+        self.weights = weights
         self.verbose = verbose
         self.live_buffers = 0
         self.allocated_bytes = 0
         S = wgpu.BufferUsage.STORAGE
         self._usage = S | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
-        used = {d["kernel"] for plan in module.manifest["phases"].values() for d in plan["dispatches"]}
-        self.programs = {n: KernelProgram(self.device, n, module.manifest["kernels"][n], module.wgsl[n])
-                         for n in sorted(used)}
+        used = {d.kernel for plan in mf.phases.values() for d in plan.dispatches}
+        self.programs = {n: KernelProgram(self.device, n, mf.kernels[n], module.wgsl[n]) for n in sorted(used)}
         self.shared: dict[str, Any] = {}
         self._upload_weights()
         self.ids = self._buffer(_align(4 * max(self.chunk, 1)), "input_ids")
-        for i in range(self.cfg.num_hidden_layers):
-            for kv in "kv":
-                self.shared[f"cache_{kv}.{i}"] = self._buffer(
-                    4 * self.cfg.num_key_value_heads * self.ctx * self.cfg.head_dim, f"cache_{kv}.{i}")
+        for name in mf.kv_cache.names():
+            self.shared[name] = self._buffer(mf.kv_cache.buffer_bytes, name)
         self.phases = {p: self._prepare(p) for p in ("prefill", "decode")}
-        self.staging = self._buffer(_align(4 * self.cfg.vocab_size), "logits_staging",
+        self.staging = self._buffer(_align(4 * self.vocab), "logits_staging",
                                     wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
         self.query_set = None
         # token ids whose K/V the caches hold at positions 0..len-1 (Model.generate reuses a common prefix)
@@ -115,58 +112,50 @@ class Executor:
         return buf
 
     def _upload_weights(self) -> None:
-        tensors = {}
-        for plan in self.module.manifest["phases"].values():
-            for t in plan["tensors"].values():
-                if t["kind"] == "weight":
-                    tensors[(t["param"], tuple(t["rows"] or ()))] = t
-        progress = Progress("uploading weights", len(tensors)) if self.verbose else None
-        for (param, rows), t in tensors.items():
-            arr = self.weights.get(param)
-            if rows:
-                arr = arr[rows[0]:rows[1]]
-            data = np.ascontiguousarray(arr, dtype=_NP[t["dtype"]])
+        specs = self.module.manifest.weights
+        progress = Progress("uploading weights", len(specs)) if self.verbose else None
+        for w in specs:
+            arr = self.weights.get(w.param)
+            if w.rows:
+                arr = arr[w.rows[0]:w.rows[1]]
+            data = np.ascontiguousarray(arr, dtype=_NP[w.dtype])
             if data.nbytes % 4:
                 data = np.concatenate([data.reshape(-1), np.zeros(1, data.dtype)])
-            self.shared[self._weight_key(param, rows)] = self._buffer(data.nbytes, param, data=data)
+            self.shared[w.key] = self._buffer(data.nbytes, w.param, data=data)
             if progress:
                 progress.step()
         if progress:
             progress.done()
 
-    @staticmethod
-    def _weight_key(param: str, rows) -> str:
-        return f"weight:{param}:{list(rows) if rows else ''}"
-
-    def _resolve(self, plan: dict, slots: list[Any], name: str) -> Any:
+    def _resolve(self, plan: Plan, slots: list[Any], name: str) -> Any:
         if name.startswith("const:"):
             if name not in self.shared:
                 self.shared[name] = self._buffer(0, name, data=make_constant(name))
             return self.shared[name]
-        t = plan["tensors"][name]
-        if t["kind"] == "weight":
-            return self.shared[self._weight_key(t["param"], t["rows"])]
-        if t["kind"] == "cache":
+        t = plan.tensors[name]
+        if t.kind == "weight":
+            return self.shared[t.weight]
+        if t.kind == "cache":
             return self.shared[name]
-        if t["kind"] == "input":
+        if t.kind == "input":
             return self.ids
-        return slots[t["slot"]]
+        return slots[t.slot]
 
     def _prepare(self, phase: str) -> _Phase:
-        plan = self.module.manifest["phases"][phase]
-        slots = [self._buffer(size, f"{phase}.slot{i}") for i, size in enumerate(plan["slots"])]
+        plan = self.module.manifest.phases[phase]
+        slots = [self._buffer(size, f"{phase}.slot{i}") for i, size in enumerate(plan.slots)]
         align = max(POD_BYTES, self.dev.limits.get("min-uniform-buffer-offset-alignment", 256))
-        n = len(plan["dispatches"])
+        n = len(plan.dispatches)
         pod_buffer = self._buffer(align * max(n, 1), f"{phase}.pod",
                                   self.wgpu.BufferUsage.UNIFORM | self.wgpu.BufferUsage.COPY_DST)
         programs, groups = [], []
-        for i, d in enumerate(plan["dispatches"]):
-            prog = self.programs[d["kernel"]]
-            bufs = [self._resolve(plan, slots, a) for a in d["args"]]
+        for i, d in enumerate(plan.dispatches):
+            prog = self.programs[d.kernel]
+            bufs = [self._resolve(plan, slots, a) for a in d.args]
             programs.append(prog)
             groups.append(prog.bind_group(self.device, bufs, pod_buffer, i * align))
-        logits = self._resolve(plan, slots, plan["outputs"]["logits"])
-        return _Phase(plan["dispatches"], programs, groups, pod_buffer, align, logits,
+        logits = self._resolve(plan, slots, plan.outputs["logits"])
+        return _Phase(plan.dispatches, programs, groups, pod_buffer, align, logits,
                       LaunchTable(programs, align // 4), slots)
 
     # execution ----------------------------------------------------------------------------
@@ -203,7 +192,7 @@ class Executor:
             return self._step_cpu_timed(ph, phase, grids, seq, total, read_logits)
         else:
             enc = self._encode(ph, grids)
-        vocab = self.cfg.vocab_size
+        vocab = self.vocab
         if read_logits:
             enc.copy_buffer_to_buffer(ph.logits, 0, self.staging, 0, 4 * vocab)
         q.submit([enc.finish()])
@@ -242,7 +231,7 @@ class Executor:
 
     def _read_logits(self) -> np.ndarray:
         self.staging.map_sync(self.wgpu.MapMode.READ)
-        out = np.frombuffer(self.staging.read_mapped(), np.float32)[: self.cfg.vocab_size].copy()
+        out = np.frombuffer(self.staging.read_mapped(), np.float32)[: self.vocab].copy()
         self.staging.unmap()
         return out
 
@@ -276,7 +265,7 @@ class Executor:
         logits = None
         if read_logits:
             enc = self.device.create_command_encoder()
-            enc.copy_buffer_to_buffer(ph.logits, 0, self.staging, 0, 4 * self.cfg.vocab_size)
+            enc.copy_buffer_to_buffer(ph.logits, 0, self.staging, 0, 4 * self.vocab)
             self.device.queue.submit([enc.finish()])
             logits = self._read_logits()
         return logits, StepProfile(phase, seq, total, times, "cpu-sync")

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt_ids = tok.encode(text, add_special_tokens=False).ids
     if not prompt_ids:
         raise UserError("the prompt is empty (it must encode to at least one token)")
-    ctx = module.options["max_context"]
+    ctx = module.manifest.options.max_context
     if max_new < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {max_new}")
     if len(prompt_ids) + max_new > ctx:
@@ -143,7 +143,7 @@ def _prefill_progress(n_prompt: int, chunk: int):
 def _print_profile(model, profiles, trace: Path | None) -> None:
     from runtime.profile import report, write_trace
 
-    plans = model.module.manifest["phases"]
+    plans = model.module.manifest.phases
     if profiles[0].source != "gpu-timestamps":
         print("note: the adapter has no timestamp queries; profiling per op with CPU timing "
               "(a synchronize after each op)", file=sys.stderr)

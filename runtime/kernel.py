@@ -11,30 +11,30 @@ from typing import Any
 
 import numpy as np
 
+from common import expr
+from common.manifest import KernelInfo
+
 MAX_GRID = 65535
 POD_BYTES = 16  # i32 seq, i32 total, u32 packGridDimX, padding: every kernel's struct fits
 
 
-def _compile_expr(expr: str):
-    return eval(f"lambda seq, total: ({expr})", {"__builtins__": {}, "min": min, "max": max})  # noqa: S307
-
-
 class KernelProgram:
-    def __init__(self, device: Any, name: str, meta: dict[str, Any], wgsl: str) -> None:
+    def __init__(self, device: Any, name: str, meta: KernelInfo, wgsl: str) -> None:
         self.name, self.meta = name, meta
-        self.bindings = meta["bindings"]
-        self.pod = meta["pod"]
-        self._grid = [_compile_expr(e) for e in meta["grid"]]
+        self.bindings = meta.bindings
+        self.pod = meta.pod
+        self._grid = meta.grid
         # a grid that names neither runtime scalar is computed once, not per step
-        self.static = not any(v in e for e in meta["grid"] for v in ("seq", "total"))
+        self.static = not any(expr.uses(e) for e in meta.grid)
         module = device.create_shader_module(code=wgsl, label=name)
         self.pipeline = device.create_compute_pipeline(layout="auto", compute={"module": module,
-                                                                               "entry_point": meta["entry"]})
+                                                                               "entry_point": meta.entry})
         self.layout = self.pipeline.get_bind_group_layout(0)
 
     def grid(self, seq: int, total: int) -> tuple[tuple[int, int, int], int]:
         """Workgroup counts (x folded into z past 65535) and ``packGridDimX``."""
-        gx, gy = int(self._grid[0](seq, total)), int(self._grid[1](seq, total))
+        env = {"seq": seq, "total": total}
+        gx, gy = int(expr.evaluate(self._grid[0], env)), int(expr.evaluate(self._grid[1], env))
         pack = gx - 1
         gz = 1
         while gx > MAX_GRID:
@@ -53,8 +53,8 @@ class KernelProgram:
 
     def bind_group(self, device: Any, buffers: list[Any], pod_buffer: Any, pod_offset: int) -> Any:
         """``buffers`` are given per kernel *arg* (spec order); bindings are remapped to slots."""
-        entries = [{"binding": b["slot"], "resource": {"buffer": buffers[b["arg"]], "offset": 0,
-                                                       "size": buffers[b["arg"]].size}} for b in self.bindings]
+        entries = [{"binding": b.slot, "resource": {"buffer": buffers[b.arg], "offset": 0,
+                                                    "size": buffers[b.arg].size}} for b in self.bindings]
         entries.append({"binding": len(self.bindings),
                         "resource": {"buffer": pod_buffer, "offset": pod_offset, "size": POD_BYTES}})
         return device.create_bind_group(layout=self.layout, entries=entries)

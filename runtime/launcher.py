@@ -6,11 +6,12 @@ from typing import Any
 
 import numpy as np
 
+from common.manifest import KernelInfo
 from runtime.kernel import POD_BYTES, KernelProgram
 
 
 class KernelLauncher:
-    def __init__(self, device: Any, name: str, meta: dict[str, Any], wgsl: str) -> None:
+    def __init__(self, device: Any, name: str, meta: KernelInfo, wgsl: str) -> None:
         import wgpu
 
         self.wgpu, self.device = wgpu, device

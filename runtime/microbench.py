@@ -30,8 +30,8 @@ class KernelTimer:
         self.dev, self.program, self.wgpu = dev, program, wgpu
         d = dev.device
         usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
-        written = {b["arg"] for b in program.bindings if b["write"]}
-        types = {b["arg"]: b["type"] for b in program.bindings}
+        written = {b.arg for b in program.bindings if b.write}
+        types = {b.arg: b.type for b in program.bindings}
         read_bytes = sum(s for i, s in enumerate(sizes) if i not in written)
         copies = max(1, min(16, rotate_bytes // max(read_bytes, 1)))
         rng = np.random.default_rng(seed)

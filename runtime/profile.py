@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common import expr
+from common.manifest import Plan
 from runtime.executor import StepProfile
 
 
-def cost(expr: str, seq: int, total: int) -> float:
+def cost(e: expr.Expr, seq: int, total: int) -> float:
     """Evaluate a dispatch's ``bytes`` / ``flops`` expression (written by the compiler) for these scalars."""
-    return float(eval(expr, {"__builtins__": {}}, {"seq": seq, "total": total}))  # noqa: S307
+    return float(expr.evaluate(e, {"seq": seq, "total": total}))
 
 
 def _pattern(node: str) -> str:
@@ -21,25 +23,25 @@ def _pattern(node: str) -> str:
     return ".".join("*" if p.isdigit() else p for p in parts)
 
 
-def report(profiles: list[StepProfile], plans: dict, phase: str) -> str:
+def report(profiles: list[StepProfile], plans: dict[str, Plan], phase: str) -> str:
     steps = [p for p in profiles if p.phase == phase]
     if not steps:
         return ""
-    dispatches = plans[phase]["dispatches"]
+    dispatches = plans[phase].dispatches
     times = np.mean([s.times for s in steps], axis=0)
     seq, total = steps[-1].seq, steps[-1].total
     step_time = float(times.sum())
     rows: OrderedDict[str, dict] = OrderedDict()
     by_class: dict[str, float] = {}
     for d, t in zip(dispatches, times, strict=True):
-        key = f"{_pattern(d['node'])}|{d['kernel']}"
-        r = rows.setdefault(key, {"name": _pattern(d["node"]), "kclass": d["kclass"], "kernel": d["kernel"],
+        key = f"{_pattern(d.node)}|{d.kernel}"
+        r = rows.setdefault(key, {"name": _pattern(d.node), "kclass": d.kclass, "kernel": d.kernel,
                                   "count": 0, "time": 0.0, "bytes": 0.0, "flops": 0.0})
         r["count"] += 1
         r["time"] += t
-        r["bytes"] += cost(d["bytes"], seq, total)
-        r["flops"] += cost(d["flops"], seq, total)
-        by_class[d["kclass"]] = by_class.get(d["kclass"], 0.0) + t
+        r["bytes"] += cost(d.bytes, seq, total)
+        r["flops"] += cost(d.flops, seq, total)
+        by_class[d.kclass] = by_class.get(d.kclass, 0.0) + t
     what = f"{phase} (mean of {len(steps)} step{'s' if len(steps) > 1 else ''}, seq={seq}, total={total}, " \
            f"timing: {steps[0].source})"
     lines = [f"== profile: {what}",
@@ -57,13 +59,13 @@ def report(profiles: list[StepProfile], plans: dict, phase: str) -> str:
     return "\n".join(lines)
 
 
-def write_trace(path: Path, profiles: list[StepProfile], plans: dict) -> None:
+def write_trace(path: Path, profiles: list[StepProfile], plans: dict[str, Plan]) -> None:
     """Chrome trace: one lane per phase, ops laid end to end by their GPU durations."""
     events, t = [], 0.0
     for k, p in enumerate(profiles):
-        for d, dt in zip(plans[p.phase]["dispatches"], p.times, strict=True):
-            events.append({"name": d["node"], "cat": d["kclass"], "ph": "X", "ts": t * 1e6, "dur": dt * 1e6,
-                           "pid": 1, "tid": p.phase, "args": {"kernel": d["kernel"], "step": k,
+        for d, dt in zip(plans[p.phase].dispatches, p.times, strict=True):
+            events.append({"name": d.node, "cat": d.kclass, "ph": "X", "ts": t * 1e6, "dur": dt * 1e6,
+                           "pid": 1, "tid": p.phase, "args": {"kernel": d.kernel, "step": k,
                                                               "seq": p.seq, "total": p.total}})
             t += dt
     Path(path).write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))

@@ -16,21 +16,6 @@ from pathlib import Path
 
 from common.cli_help import HelpFormatter
 from common.errors import UserError, cli_main
-from ir.shapes import resolve
-
-
-def arg_bytes(plan: dict, args: list[str], seq: int, total: int, ctx: int) -> list[int]:
-    sizes = []
-    for a in args:
-        t = plan["tensors"][a]
-        shape = resolve(tuple(t["shape"]), {"seq": seq, "total": total, "ctx": ctx})
-        if t["kind"] == "weight" and t.get("rows"):
-            shape = (t["rows"][1] - t["rows"][0], *shape[1:])
-        n = 1
-        for s in shape:
-            n *= s
-        sizes.append(n * (2 if t["dtype"] == "float16" else 4))
-    return sizes
 
 
 def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict:
@@ -42,34 +27,35 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
 
     (compiled_dir / TUNING_FILE).unlink(missing_ok=True)  # measure every candidate, not a previous choice
     module = load_compiled(compiled_dir)
-    dev = open_device(adapter, module.manifest["requires"])
+    mf = module.manifest
+    dev = open_device(adapter, mf.requires)
     if not dev.has_timestamps:
         raise UserError(f"adapter '{dev.name}' has no timestamp queries; tuning needs them")
-    kernels = module.manifest["kernels"]
-    ctx = module.options["max_context"]
+    kernels = mf.kernels
+    ctx = mf.options.max_context
     choices, table = {}, {}
     print(f"tuning on {dev.name}")
-    todo = [(phase, d) for phase in ("decode", "prefill") for d in module.manifest["phases"][phase]["dispatches"]]
+    todo = [(phase, d) for phase in ("decode", "prefill") for d in mf.phases[phase].dispatches]
     for phase, d in todo:
-        main = d["kernel"]
-        if main in table or not kernels[main].get("alternates"):
+        main = d.kernel
+        if main in table or not kernels[main].alternates:
             continue
-        plan = module.manifest["phases"][phase]
-        seq = 1 if phase == "decode" else module.options["prefill_chunk"]
+        plan = mf.phases[phase]
+        seq = 1 if phase == "decode" else mf.options.prefill_chunk
         total = min(max(128, seq), ctx)
-        sizes = arg_bytes(plan, d["args"], seq, total, ctx)
-        moved = cost(d["bytes"], seq, total)
+        sizes = plan.arg_bytes(d.args, seq, total, ctx)
+        moved = cost(d.bytes, seq, total)
         rows = {}
-        for name in [main, *kernels[main]["alternates"]]:
+        for name in [main, *kernels[main].alternates]:
             prog = KernelProgram(dev.device, name, kernels[name], module.wgsl[name])
             timer = KernelTimer(dev, prog, sizes, seq, total)
             t = timer.seconds(reps)
             timer.destroy()
-            rows[name] = {"rule": kernels[name]["rule"], "us": t * 1e6, "gb_s": moved / t / 1e9}
+            rows[name] = {"rule": kernels[name].rule, "us": t * 1e6, "gb_s": moved / t / 1e9}
         best = min(rows, key=lambda n: rows[n]["us"])
         choices[main] = best
         table[main] = rows
-        print(f"{main} ({d['node']}, {moved / 2**20:.1f} MiB):")
+        print(f"{main} ({d.node}, {moved / 2**20:.1f} MiB):")
         for name, r in sorted(rows.items(), key=lambda kv: kv[1]["us"]):
             print(f"  {r['rule']:28} {r['us']:9.1f} us {r['gb_s']:8.1f} GB/s{'  <- chosen' if name == best else ''}")
     out = {"device": dev.name, "choices": choices, "measurements": table}

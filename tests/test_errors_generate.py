@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from common.errors import UserError
+from common.manifest import Requirements
 from runtime import generate as generate_cli
 from runtime.device import NO_ADAPTER_HELP, check_adapter
 from runtime.sampling import SamplingParams
@@ -58,7 +59,7 @@ def test_non_utf8_prompt(mod):
 
 
 @pytest.mark.parametrize("breaker,expected", [
-    (lambda d: _edit_manifest(d, format_version=99), "format version 99, this runtime reads version 2"),
+    (lambda d: _edit_manifest(d, format_version=99), "format version 99, this runtime reads version 3"),
     (lambda d: (d / "manifest.json").write_text("{\"format_version\": 1, "), "corrupt manifest"),
     (lambda d: _edit_manifest(d, kernels=None), "corrupt manifest"),
     (lambda d: next((d / "kernels").glob("*.wgsl")).unlink(), "kernel file missing"),
@@ -91,7 +92,7 @@ def test_tokenizer_missing_or_corrupt(content, expected, model_dir, compiled, tm
 
 
 def test_adapter_lacking_features():
-    req = {"features": ["shader-f16"], "limits": {"max-storage-buffer-binding-size": 1 << 30}}
+    req = Requirements(["shader-f16"], {"max-storage-buffer-binding-size": 1 << 30}, [])
     with pytest.raises(UserError, match=r"lacks required feature\(s\) \['shader-f16'\]; recompile with "
                                         "--weight-dtype f32"):
         check_adapter("gpu", set(), {"max-storage-buffer-binding-size": 1 << 31}, req)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from common.errors import UserError
 from frontend.config import load_config
-from frontend.weights import WeightStore
+from frontend.weights import WeightStore, expected_params
 
 SETTINGS = settings(max_examples=250, derandomize=True, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -42,7 +42,7 @@ def _mutate(data: bytes, muts) -> bytes:
 
 def _load(d: Path) -> None:
     try:
-        WeightStore(d, load_config(d))
+        WeightStore(d, expected_params(load_config(d)))
     except UserError as e:
         msg = str(e)
         assert "\n" not in msg and str(d) in msg, msg

@@ -15,6 +15,7 @@ import pytest
 from ir import reference
 from ir.serialize import from_json
 from ir.shapes import resolve
+from lowering.module import kernel_info
 from lowering.plan import storage_root
 from runtime.compiled import load_compiled
 from runtime.constants import make_constant
@@ -30,10 +31,10 @@ def _cases(module):
     for phase, seqs in (("prefill", (1, 7, 64)), ("decode", (1,))):
         g = from_json((module.path / "graphs" / f"{phase}.json").read_text())
         seen = set()
-        for d in module.manifest["phases"][phase]["dispatches"]:
-            if d["kernel"] in seen:
+        for d in module.manifest.phases[phase].dispatches:
+            if d.kernel in seen:
                 continue
-            seen.add(d["kernel"])
+            seen.add(d.kernel)
             for seq in seqs:
                 # decode: one and several chunks of the fused attention's cache walk
                 for past in ((0, 5) if phase == "prefill" else (0, 40, 290, 700)):
@@ -50,30 +51,27 @@ def _random(shape, dtype, rng, vocab):
 def test_every_kernel_against_numpy(compiled, wdtype, tol):
     module = load_compiled(compiled("tiny-gqa4", "f32", wdtype, max_context=704, prefill_chunk=64))
     dev = open_device()
-    vocab = module.config["vocab_size"]
+    vocab = module.manifest.model.vocab_size
     launchers = {}
     covered = set()
     rng = np.random.default_rng(0)
-    ctx = module.options["max_context"]
+    ctx = module.manifest.options.max_context
     for phase, g, d, seq, total in _cases(module):
         dims = {"seq": seq, "total": total, "ctx": ctx}
-        node = g[d["node"]]
-        tensors = module.manifest["phases"][phase]["tensors"]
+        node = g[d.node]
+        tensors = module.manifest.phases[phase].tensors
         arrays = []
-        for a in d["args"]:
+        for a in d.args:
             if a.startswith("const:"):
                 arrays.append(make_constant(a))
                 continue
             t = tensors[a]
-            shape = resolve(tuple(t["shape"]), dims)
-            if t["kind"] == "weight" and t["rows"]:
-                shape = (t["rows"][1] - t["rows"][0], *shape[1:])
-            arrays.append(_random(shape, t["dtype"], rng, vocab))
-        out_idx = [b["arg"] for b in module.manifest["kernels"][d["kernel"]]["bindings"] if b["write"]]
+            arrays.append(_random(resolve(t.shape, dims), t.dtype, rng, vocab))
+        out_idx = [b.arg for b in module.manifest.kernels[d.kernel].bindings if b.write]
         # the node's own result (a kernel may also update a cache in place as a side effect)
-        o = next(i for i in out_idx if d["args"][i] == storage_root(g, node.name))
+        o = next(i for i in out_idx if d.args[i] == storage_root(g, node.name))
         expect_inputs = {a: arr.astype(np.float64) if arr.dtype != np.int32 else arr
-                         for a, arr in zip(d["args"], arrays, strict=True)}
+                         for a, arr in zip(d.args, arrays, strict=True)}
         if node.op != "kv_cache_write":
             arrays[o] = np.full_like(arrays[o], np.nan)
         # the node's operands, as views of the kernel args (reshape / KV-cache read resolved)
@@ -90,13 +88,13 @@ def test_every_kernel_against_numpy(compiled, wdtype, tol):
                 val = val.reshape(resolve(src.shape, dims))
             args.append(val)
         expected = reference.evaluate(node, args, dims)
-        key = d["kernel"]
+        key = d.kernel
         if key not in launchers:
-            launchers[key] = KernelLauncher(dev.device, key, module.manifest["kernels"][key], module.wgsl[key])
+            launchers[key] = KernelLauncher(dev.device, key, module.manifest.kernels[key], module.wgsl[key])
         got = launchers[key](arrays, seq, total)[o]
         err = np.abs(got.astype(np.float64) - expected).max() / max(np.abs(expected).max(), 1e-30)
         assert np.isfinite(got).all() and err <= tol, f"{key} ({node.name}) seq={seq} total={total}: rel err {err:.2e}"
-        covered.add(d["kclass"])
+        covered.add(d.kclass)
     assert covered == KCLASSES
 
 
@@ -131,7 +129,7 @@ def test_every_gemv_variant_against_numpy(wdtype):
                               variants=[(name, builder)])
             kern, _ = build_kernel(spec, "gemv_test", use_cache=False)
             assert kern.rule == name
-            got = KernelLauncher(dev.device, name, kern.to_json(), kern.wgsl)(
+            got = KernelLauncher(dev.device, name, kernel_info(kern), kern.wgsl)(
                 [*args, np.full((1, n), np.nan, np.float32)], 1, 1)[-1]
             err = np.abs(got - expected).max() / np.abs(expected).max()
             assert err < 1e-5, f"{name} {n}x{k} res={res} norm={eps} swiglu={swiglu}: rel err {err:.1e}"

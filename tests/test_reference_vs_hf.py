@@ -7,7 +7,7 @@ import pytest
 
 from frontend.config import load_config
 from frontend.qwen3 import trace
-from frontend.weights import WeightStore
+from frontend.weights import WeightStore, expected_params
 from ir import reference
 from tests.hf_oracle import HFOracle, rel_err
 
@@ -18,7 +18,7 @@ CTX = 48
 def test_reference_matches_hf(model_dir, preset, dtype, shards):
     d = model_dir(preset, dtype, shards=shards)
     cfg = load_config(d)
-    ws = WeightStore(d, cfg)
+    ws = WeightStore(d, expected_params(cfg))
     prefill, decode = trace(cfg, "prefill", all_logits=True), trace(cfg, "decode")
     hf = HFOracle(d)
     prompt = [5, 1, 77, 200, 13, 9, 140]

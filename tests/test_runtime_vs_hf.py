@@ -52,10 +52,10 @@ def test_profile_covers_every_op(compiled):
 
     model = load(compiled("tiny", "f32", "float32"))
     list(model.generate([4, 5, 6], 3, profile=True))
-    plans = model.module.manifest["phases"]
+    plans = model.module.manifest.phases
     for phase in ("prefill", "decode"):
         text = report(model.last_stats.profiles, plans, phase)
-        n = len(plans[phase]["dispatches"])
+        n = len(plans[phase].dispatches)
         assert f"ops on GPU: {n} of {n}; ops on CPU: 0" in text
         assert all(t >= 0 for p in model.last_stats.profiles for t in p.times)
 

@@ -34,16 +34,18 @@ from common.manifest import (
     WeightSpec,
 )
 from common.progress import Progress
+from frontend.checkpoint import WeightStore
 from frontend.config import load_config
 from frontend.qwen3 import PHASES, trace
-from frontend.weights import WeightStore, expected_params
+from frontend.weights import expected_params
 from ir.graph import Graph
 from ir.ops import LEAF_OPS, VIEW_OPS
 from ir.serialize import to_json
 from lowering.build import Kernel, build_kernel
 from lowering.errors import LoweringError
 from lowering.kernels.calibration import COPY_KERNEL, copy_spec
-from lowering.kernels.spec import KernelSpec, LowerOptions, spec_for
+from lowering.kernels.registry import spec_for
+from lowering.kernels.spec import KernelSpec, LowerOptions
 from lowering.pipeline import lower
 from lowering.plan import plan_memory, storage_root
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UserError
-from frontend.weights import WeightStore
+from frontend.checkpoint import WeightStore
 from runtime.compiled import CompiledModule, load_compiled
 from runtime.device import open_device
 from runtime.executor import Executor, StepProfile

@@ -18,7 +18,7 @@ import numpy as np
 from common.errors import UserError
 from common.manifest import Dispatch, Plan
 from common.progress import Progress
-from frontend.weights import WeightStore
+from frontend.checkpoint import WeightStore
 from runtime.compiled import CompiledModule
 from runtime.constants import make_constant
 from runtime.device import Device, wait_idle

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.errors import UserError
+from frontend.checkpoint import WeightStore
 from frontend.config import load_config
-from frontend.weights import WeightStore, expected_params
+from frontend.weights import expected_params
 
 SETTINGS = settings(max_examples=250, derandomize=True, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from frontend.checkpoint import WeightStore
 from frontend.config import load_config
 from frontend.qwen3 import trace
-from frontend.weights import WeightStore, expected_params
+from frontend.weights import expected_params
 from ir import reference
 from tests.hf_oracle import HFOracle, rel_err
 

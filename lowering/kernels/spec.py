@@ -1,4 +1,5 @@
-"""KernelSpec, lowering options and the op -> generator table."""
+"""KernelSpec, lowering options and the op -> generator table (filled by ``@generator``; looked up
+through ``lowering.kernels.registry.spec_for``, which imports every generator module)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ class LowerOptions:
     max_context: int = 4096  # KV cache capacity (tokens)
     prefill_chunk: int = 256  # longest prompt piece one prefill step takes
     max_binding_bytes: int = 128 * 1024 * 1024  # weights above this are split (lavapipe's limit)
+    kv_dtype: str = "float16"  # KV cache storage dtype (float16 | float32); kernels accumulate in f32
+    # decode attention (flash-decoding): at most this many splits of the cache per kv head, each
+    # at least `attention_split_unit` positions; 1 = one workgroup per kv head, no combine dispatch
+    attention_splits: int = 32
+    attention_split_unit: int = 64
 
 
 @dataclass
@@ -40,12 +46,3 @@ def generator(*ops: str) -> Callable[[Generator], Generator]:
         return fn
 
     return reg
-
-
-def spec_for(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
-    # import for registration side effects
-    from lowering.kernels import attention, elementwise, gemv, matmul, memory, norm, softmax  # noqa: F401
-
-    if node.op not in GENERATORS:
-        raise KeyError(f"no kernel generator for op {node.op!r} (node {node.name})")
-    return GENERATORS[node.op](node, g, opts)

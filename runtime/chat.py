@@ -82,7 +82,8 @@ def _read_message() -> str | None:
 def _stats_line(r, device: str) -> str:
     st = r.stats
     reused = f", {st.cached_tokens} reused from cache" if st.cached_tokens else ""
-    return (f"[{st.new_tokens} tokens at {st.decode_tok_s:.1f} tok/s; prompt {st.prompt_tokens} tokens "
+    tokens = f"{st.new_tokens} token{'' if st.new_tokens == 1 else 's'}"
+    return (f"[{tokens} at {st.decode_tok_s:.1f} tok/s; prompt {st.prompt_tokens} tokens "
             f"({st.prefilled_tokens} prefilled at {st.prefill_tok_s:.1f} tok/s{reused}); "
             f"finish: {st.finish_reason}; {device}]")
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
     from runtime.api import Model
     from runtime.conversation import Conversation
+    from runtime.sampling import SamplingParams
     from runtime.text import generation_defaults, load_tokenizer, render_chat
 
     # cheap checks before the weights go to the GPU: flags, tokenizer, chat template
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     render_chat(model_dir, [{"role": "user", "content": "x"}])
     model = Model(module, model_dir, a.adapter, verbose=True)
     model._tokenizer = tok
+    list(model.generate([0], 2, SamplingParams(), set()))  # warm-up: the first reply's stats show its real speed
     thinking = None if a.thinking is None else a.thinking == "on"
     conv = Conversation(model, a.system, thinking, params, a.max_new_tokens)
     if sys.stdin.isatty():

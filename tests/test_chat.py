@@ -12,7 +12,7 @@ import pytest
 from runtime.sampling import SamplingParams
 from tests.cli import REPO
 
-STATS = (r"\[\d+ tokens at [\d.]+ tok/s; prompt (\d+) tokens \((\d+) prefilled at [\d.]+ tok/s"
+STATS = (r"\[\d+ tokens? at [\d.]+ tok/s; prompt (\d+) tokens \((\d+) prefilled at [\d.]+ tok/s"
          r"(, (\d+) reused from cache)?\)")
 
 

@@ -19,9 +19,10 @@ from ir.verify import verify
 PHASES = ("prefill", "decode")
 
 
-def trace(cfg: Qwen3Config, phase: str, weight_dtype: str = "float32", all_logits: bool = False) -> Graph:
+def trace(cfg: Qwen3Config, phase: str, all_logits: bool = False) -> Graph:
     """Trace one phase. ``all_logits`` keeps logits for every prompt position (tests compare them
-    with HF); by default prefill computes the lm_head for the last position only."""
+    with HF); by default prefill computes the lm_head for the last position only. Weights and KV
+    caches are traced as float32 (the math); how they are stored is lowering's choice."""
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}")
     seq = "seq" if phase == "prefill" else 1
@@ -30,7 +31,7 @@ def trace(cfg: Qwen3Config, phase: str, weight_dtype: str = "float32", all_logit
     tr = F.Tracer(phase, {"model": "qwen3", "dims": {"seq": seq, "total": "seq+past", "ctx": "capacity"}})
 
     def w(param: str, shape: tuple[int, ...]) -> F.Proxy:
-        return tr.leaf("weight", param.removeprefix("model."), shape, weight_dtype, param=param)
+        return tr.leaf("weight", param.removeprefix("model."), shape, "float32", param=param)
 
     ids = tr.leaf("input", "input_ids", (seq,), "int32", role="token_ids")
     x = F.embedding(ids, w("model.embed_tokens.weight", (cfg.vocab_size, H)))

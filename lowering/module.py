@@ -106,7 +106,7 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
     dispatches: dict[str, list[dict[str, Any]]] = {}
     weights: dict[str, WeightSpec] = {}
     for phase in PHASES:
-        g = lower(trace(cfg, phase, opts.weight_dtype), opts, dump_after, log)
+        g = lower(trace(cfg, phase), opts, dump_after, log)
         graphs[phase] = g
         max_dims = {"seq": 1 if phase == "decode" else opts.prefill_chunk, "total": opts.max_context,
                     "ctx": opts.max_context}

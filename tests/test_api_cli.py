@@ -194,3 +194,23 @@ def test_checks_happen_before_weights_upload(mod, model_dir, tmp_path, monkeypat
     (broken / "tokenizer.json").write_text("{not json")
     assert "cannot be read as a tokenizer" in error_line(capsys, run, [str(mod), "--prompt", "x", "--model-dir",
                                                                        str(broken)])
+
+
+def test_progress_bar_leaves_no_junk_on_a_tty():
+    """Each redraw erases the line first, so the shorter final line leaves no bar behind."""
+    import re
+
+    from common.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    bar = Progress("uploading weights", 3, out)
+    for _ in range(3):
+        bar.step()
+    bar.done()
+    shown = out.getvalue().split("\r\x1b[2K")  # what the terminal shows: the text after the last erase
+    assert re.fullmatch(r"uploading weights: 3/3 done in \d+\.\ds\n", shown[-1])
+    assert all("\n" not in s for s in shown[:-1])  # the bar redraws in place, never scrolls

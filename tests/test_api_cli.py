@@ -214,3 +214,14 @@ def test_progress_bar_leaves_no_junk_on_a_tty():
     shown = out.getvalue().split("\r\x1b[2K")  # what the terminal shows: the text after the last erase
     assert re.fullmatch(r"uploading weights: 3/3 done in \d+\.\ds\n", shown[-1])
     assert all("\n" not in s for s in shown[:-1])  # the bar redraws in place, never scrolls
+
+
+def test_compile_checks_out_before_building_kernels(model_dir, tmp_path, capsys):
+    from frontend import compile as compile_cli
+
+    for out in ("/proc/qwen3vk/out", str(tmp_path / "file")):
+        (tmp_path / "file").write_text("x")
+        rc = compile_cli.main([str(model_dir("tiny", "f32")), "-o", out, "--no-cache"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "building kernels" not in err and "tracing" not in err.lower(), err
+        assert "cannot write there" in err or "exists and is not a directory" in err

@@ -1,7 +1,7 @@
 """Prefill / decode throughput and the per-op roofline of a compiled module, beside a peer.
 
     python benchmarks/bench.py COMPILED_DIR [--model-dir DIR] [--runs 5] [--peer hf|none]
-    python benchmarks/bench.py COMPILED_DIR --decode-sweep 128,16,64,256,400,600 [--new 32 --runs 3] [--cold-warm]
+    python benchmarks/bench.py COMPILED_DIR --decode-sweep 128,16,64,256,400,600 [--new 16 --runs 5] [--cold-warm]
 
 Measures prefill tok/s (prompts 128 and 512), decode tok/s (128 new tokens after a 128-token
 prompt, and at context 1024), medians of --runs after a warm-up; the per-op profile of a decode
@@ -10,12 +10,12 @@ module's vec4 copy kernel, and its largest prefill GEMM, each timed alone); and 
 the same weights and device (CUDA when torch sees it, else CPU). Prints ratios, appends one JSON
 line per metric to benchmarks/results.jsonl.
 
-``--decode-sweep`` measures only decode tok/s after each of several prompt lengths (in that
-order; best of --runs blocks of --new tokens) and prints min/median/max: a driver whose speed
-depends on the process's history shows as a wide spread (lavapipe once recompiled shaders per
-dispatch, see ``lowering.kernels.common.opaque_loop_extents``). With ``--cold-warm`` the sweep runs
-in two fresh processes sharing a new, empty Mesa shader cache: the first starts cold, the second
-warm.
+``--decode-sweep`` measures only decode after each of several prompt lengths (--runs rounds over
+them, in that order, --new tokens each) and prints min/median/max over the prompts of: tok/s in
+the first round and the median over rounds, and CPU ms per token. A driver whose speed depends on
+the process's history shows as a wide spread (lavapipe once recompiled shaders per dispatch, see
+``lowering.kernels.common.opaque_loop_extents``). With ``--cold-warm`` the sweep runs in two fresh
+processes sharing a new, empty Mesa shader cache: the first starts cold, the second warm.
 """
 
 from __future__ import annotations
@@ -134,33 +134,39 @@ def time_decode(model, context: int, new: int, runs: int) -> float:
     return statistics.median(out)
 
 
-def decode_sweep(model, prompts: list[int], new: int, runs: int) -> list[float]:
-    """Decode tok/s after each prompt length, in the given order (the first decode of a process can
-    decide a driver's state for the rest of it): one untimed step, then ``runs`` blocks of ``new``
-    tokens; the best block counts (the CI machine is shared: other processes only slow a block
-    down, and a driver stuck in a slow state is slow in every block)."""
-    ex, rates = model.executor, []
-    for n in prompts:
-        prompt = np.random.default_rng(n).integers(0, model.config.vocab_size, n).astype(np.int32)
-        total = 0
-        for s in range(0, n, ex.chunk):
-            chunk = prompt[s:s + ex.chunk]
-            total += len(chunk)
-            logits, _ = ex.step("prefill", chunk, total)
-        tok = int(logits.argmax())
-        blocks = []
-        for i in range(runs * new + 1):
-            if i % new == 1 or new == 1:
-                t0 = time.perf_counter()
-            total += 1
-            logits, _ = ex.step("decode", np.asarray([tok], np.int32), total)
+def decode_sweep(model, prompts: list[int], new: int, runs: int) -> dict[str, list[float]]:
+    """Decode after each prompt length: ``runs`` rounds over the prompts, in the given order (the
+    first decodes of a process can decide a driver's state for the rest of it); each prefills its
+    prompt, takes one untimed decode step, then times ``new`` tokens. Per prompt: tok/s of the
+    first round (what the process's history gives) and the median over rounds (rounds spread other
+    processes' load over all prompts), and this process's CPU ms per token in its worst round (all
+    threads: a CPU driver's work and its shader compiles, which other processes hardly change)."""
+    ex = model.executor
+    rate: dict[int, list[float]] = {n: [] for n in prompts}
+    cpu: dict[int, list[float]] = {n: [] for n in prompts}
+    for _ in range(runs):
+        for n in prompts:
+            prompt = np.random.default_rng(n).integers(0, model.config.vocab_size, n).astype(np.int32)
+            total = 0
+            for s in range(0, n, ex.chunk):
+                chunk = prompt[s:s + ex.chunk]
+                total += len(chunk)
+                logits, _ = ex.step("prefill", chunk, total)
             tok = int(logits.argmax())
-            if i and i % new == 0:
-                blocks.append(new / (time.perf_counter() - t0))
-        rates.append(max(blocks))
-        print(f"  prompt {n:5}: decode {rates[-1]:8.2f} tok/s (best of {runs} x {new} tokens; median "
-              f"{statistics.median(blocks):.2f})", flush=True)
-    return rates
+            for i in range(new + 1):
+                if i == 1:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                total += 1
+                logits, _ = ex.step("decode", np.asarray([tok], np.int32), total)
+                tok = int(logits.argmax())
+            rate[n].append(new / (time.perf_counter() - t0))
+            cpu[n].append((time.process_time() - c0) * 1e3 / new)
+    out = {"first": [rate[n][0] for n in prompts], "median": [statistics.median(rate[n]) for n in prompts],
+           "cpu_ms": [max(cpu[n]) for n in prompts]}
+    for n, f, m, c in zip(prompts, out["first"], out["median"], out["cpu_ms"], strict=True):
+        print(f"  prompt {n:5}: decode {f:7.2f} tok/s first round, {m:7.2f} median of {runs}; CPU {c:6.1f} ms/token "
+              "(worst round)", flush=True)
+    return out
 
 
 def run_sweep(a: argparse.Namespace, command: str) -> int:
@@ -179,25 +185,32 @@ def run_sweep(a: argparse.Namespace, command: str) -> int:
         return 0
     model = load(a.compiled_dir, a.model_dir, verbose=False)
     prompts = [int(x) for x in a.decode_sweep.split(",") if x]
-    steps = a.runs * a.new + 1
-    fit = [n for n in prompts if n + steps <= model.max_context]
+    fit = [n for n in prompts if n + a.new + 1 <= model.max_context]
     if fit != prompts:
-        print(f"note: skipping prompts {sorted(set(prompts) - set(fit))}: prompt + {steps} tokens exceed the "
+        print(f"note: skipping prompts {sorted(set(prompts) - set(fit))}: prompt + {a.new + 1} tokens exceed the "
               f"compiled context {model.max_context}")
-    rates = decode_sweep(model, fit, a.new, a.runs)
-    lo, med, hi = min(rates), statistics.median(rates), max(rates)
+    res = decode_sweep(model, fit, a.new, a.runs)
     label = f" ({a.process_label} process)" if a.process_label else ""
-    print(f"decode sweep{label}, {model.device.name}, prompts {','.join(map(str, fit))}, best of {a.runs} x {a.new} "
-          "tokens each: "
-          f"min/median/max {lo:.1f} / {med:.1f} / {hi:.1f} tok/s (max/min {hi / lo:.2f}x; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)", flush=True)
+    print(f"decode sweep{label}, {model.device.name}, prompts {','.join(map(str, fit))}, {a.runs} rounds x {a.new} "
+          f"tokens; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    stats = {}
+    for key, what, unit in (("median", "median of rounds", "tok/s"), ("first", "first round", "tok/s"),
+                            ("cpu_ms", "CPU, worst round", "ms/token")):
+        v = res[key]
+        stats[key] = (min(v), statistics.median(v), max(v))
+        print(f"  {what:17} min/median/max {min(v):7.1f} / {statistics.median(v):7.1f} / {max(v):7.1f} {unit:8} "
+              f"(max/min {max(v) / min(v):.2f}x)", flush=True)
     date = time.strftime("%Y-%m-%d")
+    names = {"median": "decode_sweep_{}_tok_s", "first": "decode_sweep_first_round_{}_tok_s",
+             "cpu_ms": "decode_sweep_cpu_ms_per_token_{}"}
     with open(a.results, "a") as f:
-        for k, v in (("min", lo), ("median", med), ("max", hi)):
-            f.write(json.dumps({"date": date, "device": model.device.name, "model": model.module.manifest.model_dir,
-                                "weight_dtype": model.module.manifest.options.weight_dtype,
-                                "metric": f"decode_sweep_{k}_tok_s", "value": v, "prompts": fit,
-                                "process": a.process_label or None, "command": command}) + "\n")
+        for key, triple in stats.items():
+            for which, v in zip(("min", "median", "max"), triple, strict=True):
+                f.write(json.dumps({"date": date, "device": model.device.name,
+                                    "model": model.module.manifest.model_dir,
+                                    "weight_dtype": model.module.manifest.options.weight_dtype,
+                                    "metric": names[key].format(which), "value": v, "prompts": fit,
+                                    "process": a.process_label or None, "command": command}) + "\n")
     return 0
 
 
@@ -254,8 +267,8 @@ def main() -> int:
     ap.add_argument("--long-context", type=int, default=1024, help="also time decode at this context (0: skip)")
     ap.add_argument("--results", type=Path, default=Path(__file__).with_name("results.jsonl"))
     ap.add_argument("--decode-sweep", default="", metavar="PROMPTS",
-                    help="only time decode (best of --runs blocks of --new tokens) after each of these prompt "
-                         "lengths, in order, and print min/median/max tok/s (default: off)")
+                    help="only time decode (--runs rounds of --new tokens) after each of these prompt lengths, "
+                         "in order, and print min/median/max over them (default: off)")
     ap.add_argument("--cold-warm", action="store_true",
                     help="with --decode-sweep: run it in two fresh processes, empty then warm Mesa shader cache")
     ap.add_argument("--process-label", default="", help=argparse.SUPPRESS)

@@ -8,7 +8,9 @@ prompt, and at context 1024), medians of --runs after a warm-up; the per-op prof
 step, and a roofline table per kernel class against ceilings measured in the same run (the
 module's vec4 copy kernel, and its largest prefill GEMM, each timed alone); and HF transformers on
 the same weights and device (CUDA when torch sees it, else CPU). Prints ratios, appends one JSON
-line per metric to benchmarks/results.jsonl.
+line per metric to benchmarks/results.jsonl. Also the GPU memory per buffer class (weights per
+format, KV cache, activations, constants, staging) from the executor's allocations, and the peak of
+the benchmark's own scratch buffers (the ceilings' kernel timers).
 
 ``--decode-sweep`` measures only decode after each of several prompt lengths (--runs rounds over
 them, in that order, --new tokens each) and prints min/median/max over the prompts of: tok/s in
@@ -38,14 +40,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime import load  # noqa: E402
 from runtime.profile import cost, report  # noqa: E402
 
+SCRATCH: dict[str, int] = {}  # GPU bytes each ceiling's kernel timer held (freed after; never two at once)
 
-def _timer(model, name: str, sizes: list[int], seq: int, total: int):
+
+def _timer(model, name: str, sizes: list[int], seq: int, total: int, what: str):
     from runtime.kernel import KernelProgram
     from runtime.microbench import KernelTimer
 
     kernels, wgsl = model.module.manifest.kernels, model.module.wgsl
-    return KernelTimer(model.device, KernelProgram(model.device.device, name, kernels[name], wgsl[name]), sizes,
-                       seq, total)
+    timer = KernelTimer(model.device, KernelProgram(model.device.device, name, kernels[name], wgsl[name]), sizes,
+                        seq, total)
+    SCRATCH[what] = timer.nbytes
+    return timer
+
+
+def memory_report(model) -> tuple[str, dict[str, float]]:
+    """GPU memory of the loaded model per buffer class, from the executor's own allocations (what
+    the driver reports also holds the driver's and, with ``--peer hf`` on CUDA, torch's), plus the
+    benchmark's scratch buffers."""
+    ex, mf = model.executor, model.module.manifest
+    by_format: dict[str, int] = {}
+    for w in mf.weights:
+        by_format[w.format] = by_format.get(w.format, 0) + w.nbytes
+    mib = {k: v / 2**20 for k, v in ex.allocated.items()}
+    fmt = ", ".join(f"{f} {b / 2**20:.1f}" for f, b in sorted(by_format.items()))
+    kv = mf.kv_cache
+    lines = [f"== GPU memory (MiB, executor allocations): total {sum(mib.values()):.1f}",
+             f"  weights      {mib['weights']:10.1f}  ({fmt})",
+             f"  kv           {mib['kv']:10.1f}  ({kv.dtype}, {kv.layers} layers x K,V x {kv.kv_heads} heads x "
+             f"{kv.capacity} positions x {kv.head_dim})",
+             f"  activations  {mib['activations']:10.1f}  (slots of both phases, token ids, launch args)",
+             f"  constants    {mib['constants']:10.1f}  (RoPE tables)",
+             f"  staging      {mib['staging']:10.1f}  (logits readback, timestamps)"]
+    if SCRATCH:
+        lines.append(f"  bench scratch {max(SCRATCH.values()) / 2**20:9.1f}  peak, freed after each ceiling ("
+                     + ", ".join(f"{k} {v / 2**20:.1f}" for k, v in SCRATCH.items()) + ")")
+        mib["bench_scratch"] = max(SCRATCH.values()) / 2**20
+    return "\n".join(lines), {f"gpu_mib_{k}": v for k, v in mib.items()}
 
 
 def copy_ceiling(model) -> float:
@@ -53,7 +84,7 @@ def copy_ceiling(model) -> float:
     binding allows (<= 256 MiB), timed with timestamps like every other kernel."""
     limit = model.device.limits.get("max-storage-buffer-binding-size", 128 << 20)
     n = min(limit, 256 << 20) // 16
-    timer = _timer(model, model.module.manifest.calibration["copy"], [16 * n, 16 * n], 1, n)
+    timer = _timer(model, model.module.manifest.calibration["copy"], [16 * n, 16 * n], 1, n, "copy ceiling")
     t = timer.seconds(reps=20)
     timer.destroy()
     return 32 * n / t / 1e9
@@ -65,7 +96,7 @@ def gemm_ceiling(model) -> tuple[float, str]:
     seq = model.executor.chunk
     gemms = [d for d in plan.dispatches if d.kclass == "gemm"]
     d = max(gemms, key=lambda d: cost(d.flops, seq, seq))
-    timer = _timer(model, d.kernel, plan.arg_bytes(d.args, seq, seq, model.max_context), seq, seq)
+    timer = _timer(model, d.kernel, plan.arg_bytes(d.args, seq, seq, model.max_context), seq, seq, "GEMM ceiling")
     t = timer.seconds(reps=10)
     timer.destroy()
     return cost(d.flops, seq, seq) / t / 1e9, f"{d.node} seq={seq}"
@@ -253,6 +284,8 @@ def hf_peer(model_dir: Path, runs: int) -> dict[str, float]:
             if r:
                 ts.append(32 / (time.perf_counter() - t0))
         res["decode_tok_s"] = statistics.median(ts)
+    if dev == "cuda":  # in this process: the driver's memory report of a bench run includes it
+        res["gpu_mib_total"] = torch.cuda.max_memory_reserved() / 2**20
     return res
 
 
@@ -294,7 +327,9 @@ def main() -> int:
     if a.long_context and a.long_context + 32 <= ctx:
         metrics[f"decode_ctx{a.long_context}_tok_s"] = time_decode(model, a.long_context, 32, a.runs)
     # per-op profile of a 128-token prefill and decode steps at context 128
-    list(model.generate(list(range(1, 129)), 8, profile=True))
+    from runtime.sampling import SamplingParams
+
+    list(model.generate(list(range(1, 129)), 8, SamplingParams(), set(), profile=True))  # greedy, no EOS stop
     prof = model.last_stats.profiles
     plans = model.module.manifest.phases
     print(report(prof, plans, "decode"))
@@ -312,16 +347,22 @@ def main() -> int:
     metrics["dispatches_per_layer"] = len(layer0)
     metrics["dispatches_per_token"] = len(plans["decode"].dispatches)
     metrics["decode_gpu_ms_per_token"] = float(times.sum() * 1e3)
+    mem_text, mem = memory_report(model)
+    print(mem_text)
+    metrics.update(mem)
+    metrics["gpu_mib_total"] = sum(v for k, v in mem.items() if k != "gpu_mib_bench_scratch")
     peer = hf_peer(model.model_dir, a.runs) if a.peer == "hf" else {}
     date = time.strftime("%Y-%m-%d")
-    print(f"\n== {dev_name} ({wdtype} weights), peer: HF transformers on {peer.get('device', '-')}")
+    quant = model.module.manifest.options.quantize
+    print(f"\n== {dev_name} ({wdtype} weights{'' if quant == 'none' else f', {quant} linears'}), peer: HF "
+          f"transformers on {peer.get('device', '-')}")
     with open(a.results, "a") as f:
         for k, v in metrics.items():
             pv = peer.get(k)
             ratio = f"  ({v / pv:.2f}x peer {pv:.1f})" if pv else ""
             print(f"{k:26} {v:12.2f}{ratio}")
             f.write(json.dumps({"date": date, "device": dev_name, "model": model.module.manifest.model_dir,
-                                "weight_dtype": wdtype, "metric": k, "value": v,
+                                "weight_dtype": wdtype, "quantize": quant, "metric": k, "value": v,
                                 "peer": f"hf-transformers-{peer.get('device')}" if pv else None,
                                 "peer_value": pv, "command": command}) + "\n")
     return 0

@@ -23,8 +23,9 @@ from typing import Any
 from common import expr
 from common.dtypes import DTYPE_BYTES
 from common.errors import UserError
+from common.weight_format import FORMATS, of_dtype
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MANIFEST_FILE = "manifest.json"
 PHASES = ("prefill", "decode")
 
@@ -32,11 +33,12 @@ PHASES = ("prefill", "decode")
 @dataclass(frozen=True)
 class WeightSpec:
     """One weight tensor as the GPU holds it: the checkpoint ``param`` (whole, or the row range
-    ``rows`` of it when a weight is split across bindings), its stored element ``dtype``."""
+    ``rows`` of it when a weight is split across bindings), in ``format`` (a
+    ``common.weight_format`` name: f32 | f16 | q8 | q4), which gives its bytes and its packing."""
 
     param: str
     shape: tuple[int, ...]  # of the whole tensor in the checkpoint
-    dtype: str  # storage dtype on the GPU: float16 | float32
+    format: str
     rows: tuple[int, int] | None = None
 
     @property
@@ -49,10 +51,7 @@ class WeightSpec:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_BYTES[self.dtype]
-        for d in self.stored_shape:
-            n *= d
-        return n
+        return FORMATS[self.format].nbytes(self.stored_shape)
 
 
 @dataclass(frozen=True)
@@ -86,9 +85,12 @@ class Storage:
 
     def nbytes(self, dims: dict[str, int]) -> int:
         """Size at these values of the symbolic dims (``seq``, ``total``, ``ctx``)."""
+        shape = [dims[d] if isinstance(d, str) else d for d in self.shape]
+        if self.kind == "weight":
+            return of_dtype(self.dtype).nbytes(shape)
         n = DTYPE_BYTES[self.dtype]
-        for d in self.shape:
-            n *= dims[d] if isinstance(d, str) else d
+        for d in shape:
+            n *= d
         return n
 
 
@@ -143,6 +145,7 @@ class CompileOptions:
     max_context: int
     prefill_chunk: int
     max_binding_bytes: int
+    quantize: str = "none"  # none | q8 | q4: the format of the 2-D weights (see WeightSpec.format)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from common.dtypes import DTYPE_BYTES
 from common.manifest import Storage, WeightSpec
+from common.weight_format import of_dtype
 from ir.graph import Graph
 from ir.ops import VIEW_OPS
 from ir.shapes import resolve
@@ -46,7 +47,7 @@ def plan_memory(g: Graph, max_dims: dict[str, int],
             continue
         if n.op == "weight":
             rows = n.attrs.get("rows")
-            w = WeightSpec(n.attrs["param"], tuple(param_shapes[n.attrs["param"]]), n.dtype,
+            w = WeightSpec(n.attrs["param"], tuple(param_shapes[n.attrs["param"]]), of_dtype(n.dtype).name,
                            tuple(rows) if rows else None)
             weights.append(w)
             tensors[n.name] = Storage("weight", tuple(n.shape), n.dtype, weight=w.key)

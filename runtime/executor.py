@@ -1,8 +1,10 @@
 """Executes a compiled module's phases on the GPU.
 
-Everything is created once: weight buffers (uploaded once, converted to the compiled dtype, row
-chunks where the plan split a weight), the KV caches, activation slots per phase, pipelines and
-bind groups. A step writes the token ids and one uniform buffer of POD args, encodes its
+Everything is created once: weight buffers (uploaded once, in each ``WeightSpec``'s format: float
+weights converted from the checkpoint, quantized ones from the packed-weight cache
+``runtime.weight_cache``; row chunks where the plan split a weight), the KV caches, activation
+slots per phase, pipelines and bind groups. Every allocation is counted per class
+(``MEMORY_CLASSES``: ``allocated``). A step writes the token ids and one uniform buffer of POD args, encodes its
 dispatches through the fast path (``runtime.fastpass``) in two submits so the GPU starts early (one
 pass per dispatch when profiling, for timestamps), and reads back only the logits row.
 """
@@ -16,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from common.errors import UserError
-from common.manifest import Dispatch, Plan
+from common.manifest import Dispatch, Plan, WeightSpec
 from common.progress import Progress
+from common.weight_format import FORMATS, encode
 from frontend.checkpoint import WeightStore
 from runtime.compiled import CompiledModule
 from runtime.constants import make_constant
@@ -25,8 +28,10 @@ from runtime.device import Device, wait_idle
 from runtime.fastpass import encoder_for
 from runtime.kernel import POD_BYTES, KernelProgram
 from runtime.launches import LaunchTable
+from runtime.weight_cache import load as load_packed
 
-_NP = {"float16": np.float16, "float32": np.float32, "int32": np.int32}
+# what the GPU memory of a loaded model is spent on (bench.py reports each)
+MEMORY_CLASSES = ("weights", "kv", "activations", "constants", "staging")
 # Share of a step's dispatches submitted before the rest is encoded (see Executor._encode).
 FIRST_SHARE = 0.375
 
@@ -72,26 +77,29 @@ class Executor:
         self.verbose = verbose
         self.live_buffers = 0
         self.allocated_bytes = 0
+        self.allocated = dict.fromkeys(MEMORY_CLASSES, 0)  # bytes per memory class
         S = wgpu.BufferUsage.STORAGE
         self._usage = S | wgpu.BufferUsage.COPY_DST | wgpu.BufferUsage.COPY_SRC
         used = {d.kernel for plan in mf.phases.values() for d in plan.dispatches}
         self.programs = {n: KernelProgram(self.device, n, mf.kernels[n], module.wgsl[n]) for n in sorted(used)}
         self.shared: dict[str, Any] = {}
         self._upload_weights()
-        self.ids = self._buffer(_align(4 * max(self.chunk, 1)), "input_ids")
+        self.ids = self._buffer(_align(4 * max(self.chunk, 1)), "input_ids", kind="activations")
         for name in mf.kv_cache.names():
-            self.shared[name] = self._buffer(mf.kv_cache.buffer_bytes, name)
+            self.shared[name] = self._buffer(mf.kv_cache.buffer_bytes, name, kind="kv")
         self.phases = {p: self._prepare(p) for p in ("prefill", "decode")}
         self.staging = self._buffer(_align(4 * self.vocab), "logits_staging",
-                                    wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
+                                    wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST, kind="staging")
         self.query_set = None
         # token ids whose K/V the caches hold at positions 0..len-1 (Model.generate reuses a common prefix)
         self.cached_tokens: list[int] = []
 
     # setup --------------------------------------------------------------------------------
-    def _buffer(self, size: int, label: str, usage: int | None = None, data: np.ndarray | None = None) -> Any:
+    def _buffer(self, size: int, label: str, usage: int | None = None, data: np.ndarray | None = None, *,
+                kind: str) -> Any:
         """Every GPU allocation goes through here, so running out of memory names the buffer, what it
-        needed and what was already allocated, instead of a driver error (or a crash later)."""
+        needed and what was already allocated, instead of a driver error (or a crash later); and
+        every byte is counted in its memory ``kind`` (one of ``MEMORY_CLASSES``)."""
         size = _align(data.nbytes if data is not None else size)
         limit = self.dev.limits.get("max-buffer-size")
         if limit is not None and size > limit:
@@ -109,19 +117,31 @@ class Executor:
                             "--weight-dtype f16") from None
         self.live_buffers += 1
         self.allocated_bytes += size
+        self.allocated[kind] += size
         return buf
 
+    def _free(self, buf: Any, kind: str) -> None:
+        buf.destroy()
+        self.live_buffers -= 1
+        self.allocated_bytes -= buf.size
+        self.allocated[kind] -= buf.size
+
+    def _source(self, w: WeightSpec) -> np.ndarray:
+        """The spec's values from the checkpoint, as float32."""
+        arr = self.weights.get(w.param)
+        return arr[w.rows[0]:w.rows[1]] if w.rows else arr
+
     def _upload_weights(self) -> None:
-        specs = self.module.manifest.weights
+        mf = self.module.manifest
+        specs = mf.weights
+        packed = load_packed(self.module.path, [w for w in specs if FORMATS[w.format].quantized],
+                             mf.weights_fingerprint, self._source, self.verbose)
         progress = Progress("uploading weights", len(specs)) if self.verbose else None
         for w in specs:
-            arr = self.weights.get(w.param)
-            if w.rows:
-                arr = arr[w.rows[0]:w.rows[1]]
-            data = np.ascontiguousarray(arr, dtype=_NP[w.dtype])
+            data = packed.pop(w.key) if w.key in packed else encode(self._source(w), FORMATS[w.format])
             if data.nbytes % 4:
-                data = np.concatenate([data.reshape(-1), np.zeros(1, data.dtype)])
-            self.shared[w.key] = self._buffer(data.nbytes, w.param, data=data)
+                data = np.concatenate([data, np.zeros(4 - data.nbytes % 4, np.uint8)])
+            self.shared[w.key] = self._buffer(data.nbytes, w.param, data=data, kind="weights")
             if progress:
                 progress.step()
         if progress:
@@ -130,7 +150,7 @@ class Executor:
     def _resolve(self, plan: Plan, slots: list[Any], name: str) -> Any:
         if name.startswith("const:"):
             if name not in self.shared:
-                self.shared[name] = self._buffer(0, name, data=make_constant(name))
+                self.shared[name] = self._buffer(0, name, data=make_constant(name), kind="constants")
             return self.shared[name]
         t = plan.tensors[name]
         if t.kind == "weight":
@@ -143,11 +163,11 @@ class Executor:
 
     def _prepare(self, phase: str) -> _Phase:
         plan = self.module.manifest.phases[phase]
-        slots = [self._buffer(size, f"{phase}.slot{i}") for i, size in enumerate(plan.slots)]
+        slots = [self._buffer(size, f"{phase}.slot{i}", kind="activations") for i, size in enumerate(plan.slots)]
         align = max(POD_BYTES, self.dev.limits.get("min-uniform-buffer-offset-alignment", 256))
         n = len(plan.dispatches)
         pod_buffer = self._buffer(align * max(n, 1), f"{phase}.pod",
-                                  self.wgpu.BufferUsage.UNIFORM | self.wgpu.BufferUsage.COPY_DST)
+                                  self.wgpu.BufferUsage.UNIFORM | self.wgpu.BufferUsage.COPY_DST, kind="activations")
         programs, groups = [], []
         for i, d in enumerate(plan.dispatches):
             prog = self.programs[d.kernel]
@@ -241,11 +261,10 @@ class Executor:
             U = wgpu.BufferUsage
             if self.query_set is not None:  # grow: free the smaller ones
                 for b in (self.query_buf, self.query_read):
-                    b.destroy()
-                self.live_buffers -= 2
+                    self._free(b, "staging")
             self.query_set = self.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * n)
-            self.query_buf = self._buffer(16 * n, "timestamps", U.QUERY_RESOLVE | U.COPY_SRC)
-            self.query_read = self._buffer(16 * n, "timestamps_read", U.MAP_READ | U.COPY_DST)
+            self.query_buf = self._buffer(16 * n, "timestamps", U.QUERY_RESOLVE | U.COPY_SRC, kind="staging")
+            self.query_read = self._buffer(16 * n, "timestamps_read", U.MAP_READ | U.COPY_DST, kind="staging")
         return self.query_set
 
     def _step_cpu_timed(self, ph: _Phase, phase: str, grids, seq: int, total: int, read_logits: bool):

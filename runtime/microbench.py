@@ -36,6 +36,7 @@ class KernelTimer:
         copies = max(1, min(16, rotate_bytes // max(read_bytes, 1)))
         rng = np.random.default_rng(seed)
         self.buffers: list[list[Any]] = []
+        self.nbytes = 0  # GPU memory this timer holds (benchmark scratch: every copy of every arg)
         for i, size in enumerate(sizes):
             size = (size + 15) // 16 * 16
             n = 1 if i in written else copies
@@ -49,6 +50,7 @@ class KernelTimer:
             else:
                 data = bytes(size)
             self.buffers.append([d.create_buffer_with_data(data=data, usage=usage) for _ in range(n)])
+            self.nbytes += n * size
         self.grid, pod = program.launch(seq, total)
         self.pod = d.create_buffer_with_data(data=pod.tobytes().ljust(POD_BYTES, b"\0"),
                                              usage=wgpu.BufferUsage.UNIFORM)

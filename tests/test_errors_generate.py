@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from common.errors import UserError
-from common.manifest import Requirements
+from common.manifest import FORMAT_VERSION, Requirements
 from runtime import generate as generate_cli
 from runtime.device import NO_ADAPTER_HELP, check_adapter
 from runtime.sampling import SamplingParams
@@ -59,7 +59,7 @@ def test_non_utf8_prompt(mod):
 
 
 @pytest.mark.parametrize("breaker,expected", [
-    (lambda d: _edit_manifest(d, format_version=99), "format version 99, this runtime reads version 3"),
+    (lambda d: _edit_manifest(d, format_version=99), f"format version 99, this runtime reads version {FORMAT_VERSION}"),
     (lambda d: (d / "manifest.json").write_text("{\"format_version\": 1, "), "corrupt manifest"),
     (lambda d: _edit_manifest(d, kernels=None), "corrupt manifest"),
     (lambda d: next((d / "kernels").glob("*.wgsl")).unlink(), "kernel file missing"),

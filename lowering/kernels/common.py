@@ -5,10 +5,11 @@ from __future__ import annotations
 import tvm_ffi
 from tvm import te, tirx
 
+from common.dtypes import DTYPE_BYTES as DTYPE_BYTES  # the one table; generators import it from here
+from common.weight_format import QUANTIZED_DTYPES, of_dtype
 from ir.graph import Graph, Node
 from ir.shapes import Shape
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "int32": 4}
 SCALARS = ("seq", "total")  # the runtime scalars: fields of the kernels' uniform PODArgs struct
 
 
@@ -39,7 +40,9 @@ def numel_expr(shape: Shape, ctx: int) -> str:
 
 
 def bytes_expr(nodes: list[Node], ctx: int) -> str:
-    return " + ".join(f"{DTYPE_BYTES.get(n.dtype, 4)}*{numel_expr(n.shape, ctx)}" for n in nodes) or "0"
+    """Bytes of these tensors (a quantized weight: codes and scales, ``common.weight_format``)."""
+    return " + ".join(str(of_dtype(n.dtype).nbytes(n.shape)) if n.dtype in QUANTIZED_DTYPES
+                      else f"{DTYPE_BYTES[n.dtype]}*{numel_expr(n.shape, ctx)}" for n in nodes) or "0"
 
 
 def _uniform_only(e: tirx.PrimExpr) -> bool:

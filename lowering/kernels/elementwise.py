@@ -73,7 +73,7 @@ def concat(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
         for p, w in reversed(list(zip(ph, widths, strict=True))):
             off -= w
             here = p[(*lead, tirx.max(j - off, 0))]
-            val = here if val is None else tirx.Select(j >= off, here, val)
+            val = here if val is None else tirx.Select(j < off + w, here, val)  # columns [off, off + w)
         return val
 
     return _spec(node, g, opts, f"concat:{shape_key(node)}:{widths}", "copy", body, flops_per=0)

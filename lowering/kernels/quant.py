@@ -1,0 +1,121 @@
+"""Reading a weight of any ``common.weight_format`` inside a kernel: one place for the buffer
+declarations, the dequantizing loads and the byte counts, so every generator (GEMV, GEMM, the
+embedding gather, the TE fallback) reads a format the same way.
+
+A float weight is one buffer param of ``float16x4`` / ``float32x4`` (vec4 loads). A quantized
+weight is two params bound to the *same* GPU buffer (the kernel arg list names the tensor
+twice): the codes as ``uint32`` words and the whole buffer again as ``float16``, whose scales
+start at ``scale_offset`` (layout: ``common.weight_format``). One u32 word holds 8 (q4) or 4 (q8)
+codes; a code becomes ``f32(code - Q)`` through vector shifts and masks, and the group's scale
+multiplies the dot product of a word's values with the activation (the scale is per 32 values
+along K, a word never straddles two groups).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import te, tirx
+from tvm.script import tirx as T
+
+from common.weight_format import of_dtype
+from ir.graph import Node
+
+
+@dataclass(frozen=True)
+class WeightRead:
+    """How kernels read a [rows, cols] weight stored as graph dtype ``dtype``."""
+
+    dtype: str
+    rows: int
+    cols: int
+
+    @property
+    def fmt(self):
+        return of_dtype(self.dtype)
+
+    @property
+    def quantized(self) -> bool:
+        return self.fmt.quantized
+
+    @property
+    def unit(self) -> str:
+        """Element type of the data param: a vec4 of floats, or one u32 word of codes."""
+        return "uint32" if self.quantized else f"{self.dtype}x4"
+
+    @property
+    def unit_values(self) -> int:
+        """Weight values per element of the data param (4, or 8 for q4)."""
+        return self.fmt.per_word if self.quantized else 4
+
+    @property
+    def units(self) -> int:
+        """Elements of the data param per row."""
+        return self.cols // self.unit_values
+
+    @property
+    def scale_len(self) -> int:
+        """f16 elements of the scale param: the whole buffer (the scales sit after the codes); a
+        float format has no scale param (1: a placeholder shape, dropped from the kernel)."""
+        if not self.quantized:
+            return 1
+        return self.fmt.scale_offset(self.rows, self.cols) + self.rows * (self.cols // self.fmt.group)
+
+    def scale(self, S, row, k):
+        """The f32 scale of ``row`` at column ``k`` (any column of the group)."""
+        groups = self.cols // self.fmt.group
+        return T.Cast("float32", S[self.fmt.scale_offset(self.rows, self.cols) + row * groups
+                                   + k // self.fmt.group])
+
+    def codes4(self, word, first: int | tirx.PrimExpr):
+        """Codes ``first .. first + 3`` of a u32 ``word`` as float32x4 values ``code - Q``."""
+        shift = T.Broadcast(T.Cast("uint32", first * self.fmt.bits), 4) + T.Ramp(
+            T.uint32(0), T.uint32(self.fmt.bits), 4)
+        mask = T.Broadcast(T.uint32((1 << self.fmt.bits) - 1), 4)
+        return T.Cast("float32x4", (T.Broadcast(word, 4) >> shift) & mask) - T.Broadcast(
+            T.float32(self.fmt.qmax), 4)
+
+    def vec4(self, W, S, row, k4):
+        """Dequantized values ``4 k4 .. 4 k4 + 3`` of ``row`` (float32x4): the GEMM's tile loads."""
+        if not self.quantized:
+            return T.Cast("float32x4", W[row, k4])
+        per4 = self.fmt.per_word // 4  # vec4s per word
+        return self.codes4(W[row, k4 // per4], (k4 % per4) * 4) * T.Broadcast(self.scale(S, row, 4 * k4), 4)
+
+    def unit_dot(self, a, W, S, row, u, word):
+        """``sum`` over data element ``u`` of ``row``: activation vec4s ``a[0 ..]`` times the weight
+        values. Quantized formats read the word from ``word`` (a local the caller loaded, so the
+        q4 word is read from memory once for its two vec4s)."""
+        if not self.quantized:
+            return T.call_pure_extern("float32", "dot", a[0], T.Cast("float32x4", W[row, u]))
+        dots = [T.call_pure_extern("float32", "dot", a[v], self.codes4(word, 4 * v))
+                for v in range(self.unit_values // 4)]
+        total = dots[0]
+        for d in dots[1:]:
+            total = total + d
+        return total * self.scale(S, row, u * self.unit_values)
+
+    def value(self, W, S, row, k):
+        """One dequantized value (TE bodies: the embedding gather, the dlight fallback)."""
+        if not self.quantized:
+            return W[row, k].astype("float32")
+        per, bits = self.fmt.per_word, self.fmt.bits
+        code = (W[row, k // per] >> ((k % per) * bits).astype("uint32")) & tirx.const((1 << bits) - 1, "uint32")
+        return (code.astype("float32") - tirx.const(float(self.fmt.qmax), "float32")) * self.scale(S, row, k)
+
+
+def weight_read(w: Node) -> WeightRead:
+    rows, cols = w.shape
+    return WeightRead(w.dtype, rows, cols)
+
+
+def weight_args(w: Node) -> list[str]:
+    """Kernel args of a weight: its name, twice when quantized (codes and scales views)."""
+    return [w.name, w.name] if of_dtype(w.dtype).quantized else [w.name]
+
+
+def weight_placeholders(rw: WeightRead, name: str = "W") -> list[te.Tensor]:
+    """TE placeholders of a weight: its data, and for a quantized one the scale view (``WS``)."""
+    data = te.placeholder((rw.rows, rw.units if rw.quantized else rw.cols), "uint32" if rw.quantized else rw.dtype,
+                          name=name)
+    return [data, te.placeholder((rw.scale_len,), "float16", name=f"{name}S")] if rw.quantized else [data]

@@ -113,8 +113,8 @@ class Executor:
         except Exception as e:  # noqa: BLE001 - out of GPU memory surfaces as a wgpu error
             raise UserError(f"out of GPU memory on '{self.dev.name}': {label} needs {size / 2**20:.1f} MiB with "
                             f"{self.allocated_bytes / 2**20:.1f} MiB already allocated "
-                            f"({str(e).splitlines()[0][:100]}); try a smaller --max-context or "
-                            "--weight-dtype f16") from None
+                            f"({str(e).splitlines()[0][:100]}); try a smaller --max-context, "
+                            "--weight-dtype f16 or --quantize q4") from None
         self.live_buffers += 1
         self.allocated_bytes += size
         self.allocated[kind] += size

@@ -8,11 +8,14 @@ of the runtime scalars (``seq``, ``total``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -110,6 +113,29 @@ _PIPELINE = "qwen3vk"
 tvm.tirx.register_tir_pipeline(_PIPELINE, _pipeline)
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ctrl-C takes effect at the end of the block. TVM calls Python from C++ (dlight rules, the
+    loop-extent pass), and a KeyboardInterrupt raised inside such a callback comes back as a
+    RuntimeError, which the loop over schedule rules would take for "this rule does not fit": the
+    interrupt would be lost (or silently cost a kernel its schedule)."""
+    old = signal.getsignal(signal.SIGINT)
+    if old is None or threading.current_thread() is not threading.main_thread():  # None: not set from Python
+        yield
+        return
+    hit: list[object] = []
+    signal.signal(signal.SIGINT, lambda _s, frame: hit.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if hit:
+            if callable(old):
+                old(signal.SIGINT, hit[0])  # the default one raises KeyboardInterrupt
+            else:
+                signal.raise_signal(signal.SIGINT)
+
+
 def _generator_digest() -> str:
     """Hash of the kernel generator sources: an edited schedule template must not hit a stale cache."""
     h = hashlib.sha256()
@@ -150,19 +176,20 @@ def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True, first_vari
         attempts = attempts[:1]
     else:
         attempts += [(r, spec.build, False) for r in rules_for(spec.kclass)]
-    for rule, builder, prescheduled in attempts:  # the first that schedules *and* builds wins
-        try:
-            # a fresh module per attempt: a rule that fails half-way can leave its input modified
-            mod = tvm.IRModule({name: builder().with_attr("global_symbol", name)})
-            scheduled = mod if prescheduled else apply_rule(mod, rule, target)
-            if scheduled is None:
-                continue
-            with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
-                ex = tvm.tirx.build(scheduled, target=target, pipeline=_PIPELINE)
-            kernel = _parse(spec, name, ex.imports[0].inspect_source(), scheduled[name], rule)
-            break
-        except Exception as e:  # noqa: BLE001 - a rule that cannot handle this shape: try the next
-            errors.append(f"{rule}: {str(e).strip().splitlines()[0][:160]}")
+    with _sigint_deferred():
+        for rule, builder, prescheduled in attempts:  # the first that schedules *and* builds wins
+            try:
+                # a fresh module per attempt: a rule that fails half-way can leave its input modified
+                mod = tvm.IRModule({name: builder().with_attr("global_symbol", name)})
+                scheduled = mod if prescheduled else apply_rule(mod, rule, target)
+                if scheduled is None:
+                    continue
+                with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
+                    ex = tvm.tirx.build(scheduled, target=target, pipeline=_PIPELINE)
+                kernel = _parse(spec, name, ex.imports[0].inspect_source(), scheduled[name], rule)
+                break
+            except Exception as e:  # noqa: BLE001 - a rule that cannot handle this shape: try the next
+                errors.append(f"{rule}: {str(e).strip().splitlines()[0][:160]}")
     if kernel is None:
         raise RuntimeError(f"kernel {spec.key}: no schedule rule built it ({'; '.join(errors)})")
     if use_cache:

@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, help="output directory (default: MODEL_DIR.vkmod)")
     ap.add_argument("--weight-dtype", default="f16", help="GPU weight storage, one of f16, f32 (f32 for adapters "
                     "without shader-f16; default: f16)")
+    ap.add_argument("--quantize", default="none", help="store the 2-D weights (linears, embedding, lm_head) "
+                    "group-wise quantized, one of none, q8, q4: 8- or 4-bit codes, groups of 32 along K with f16 "
+                    "scales (quantized at the first load and cached in OUT; default: none)")
+    ap.add_argument("--keep-lm-head", action="store_true", help="with --quantize: keep the lm_head (and the "
+                    "embedding, when tied to it) in --weight-dtype")
     ap.add_argument("--max-context", type=int, default=None, help="KV cache capacity in tokens (default 4096 "
                     "or the model's max_position_embeddings if smaller)")
     ap.add_argument("--prefill-chunk", type=int, default=256, help="longest prompt piece per prefill step "
@@ -32,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.weight_dtype not in _DTYPES:
         raise UserError(f"--weight-dtype {a.weight_dtype!r} is not supported (expected f16 or f32)")
+    if a.quantize not in ("none", "q8", "q4"):
+        raise UserError(f"--quantize {a.quantize!r} is not supported (expected none, q8 or q4)")
+    if a.keep_lm_head and a.quantize == "none":
+        raise UserError("--keep-lm-head only applies with --quantize q4 or q8")
     if a.max_context is not None and a.max_context <= 0:
         raise UserError(f"--max-context must be a positive number of tokens, got {a.max_context}")
     if a.prefill_chunk <= 0:
@@ -49,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or a.model_dir.with_name(a.model_dir.name + ".vkmod")
     check_writable(out, a.force)  # before minutes of kernel building, not after
     opts = LowerOptions(weight_dtype=_DTYPES[a.weight_dtype], max_context=max_ctx,
-                        prefill_chunk=min(a.prefill_chunk, max_ctx))
+                        prefill_chunk=min(a.prefill_chunk, max_ctx), quantize=a.quantize,
+                        keep_lm_head=a.keep_lm_head)
     compile_model(a.model_dir, out, opts, force=a.force, dump_after=a.dump_after, use_cache=not a.no_cache)
     return 0
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from common.weight_format import as_stored
 from ir.graph import Graph, Node
 from ir.rope import Rope
 from ir.rope import tables as rope_tables
@@ -154,9 +155,9 @@ def run(g: Graph, inputs: dict[str, np.ndarray], weights: Callable[[str], np.nda
     for n in g.nodes():
         if n.op == "input":
             env[n.name] = inputs[n.name]
-        elif n.op == "weight":
+        elif n.op == "weight":  # a quantized weight: the values its codes stand for (what the GPU computes with)
             w = weights(n.attrs["param"])
-            env[n.name] = w[slice(*n.attrs["rows"])] if "rows" in n.attrs else w
+            env[n.name] = as_stored(w[slice(*n.attrs["rows"])] if "rows" in n.attrs else w, n.dtype)
         else:
             env[n.name] = evaluate(n, [env[i] for i in n.inputs], dims)
             if n.op == "output":

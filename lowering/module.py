@@ -146,7 +146,8 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
         format_version=FORMAT_VERSION, tvm_version=tvm.__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         model_dir=str(Path(model_dir).resolve()), model=ModelInfo("qwen3", cfg.vocab_size, cfg.num_hidden_layers),
         config=cfg.to_dict(), weights_fingerprint=ws.fingerprint(),
-        options=CompileOptions(opts.weight_dtype, opts.max_context, opts.prefill_chunk, opts.max_binding_bytes),
+        options=CompileOptions(opts.weight_dtype, opts.max_context, opts.prefill_chunk, opts.max_binding_bytes,
+                               opts.quantize),
         requires=_requirements(kernels, plans, weight_list, kv), weights=weight_list, kv_cache=kv,
         kernels={name: kernel_info(k, alternates.get(name, [])) for name, k in kernels.items()},
         phases=plans, calibration={"copy": COPY_KERNEL})
@@ -160,4 +161,14 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
         (tmp / MANIFEST_FILE).write_text(manifest.to_json())
     log(f"compiled {len(kernels)} kernels ({cached} from cache) for {cfg.num_hidden_layers} layers in "
         f"{time.perf_counter() - t0:.1f}s -> {out}")
+    if opts.quantize != "none":
+        log(f"weights: {_weights_summary(weight_list)}; quantized at the first load, cached in {out}")
     return manifest
+
+
+def _weights_summary(weights: list[WeightSpec]) -> str:
+    """``q4 1.23 GiB (197 tensors), f16 ...``: GPU bytes per format."""
+    by: dict[str, list[int]] = {}
+    for w in weights:
+        by.setdefault(w.format, []).append(w.nbytes)
+    return ", ".join(f"{f} {sum(b) / 2**20:.1f} MiB ({len(b)} tensors)" for f, b in sorted(by.items()))

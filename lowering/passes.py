@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from common.weight_format import of_dtype
 from ir.graph import Graph, Node
 from ir.ops import LEAF_OPS
 from lowering.kernels import attention as attention_kernel
-from lowering.kernels.common import DTYPE_BYTES
 from lowering.kernels.spec import LowerOptions
+from lowering.quantize import weight_dtypes
 
 
 def _users(g: Graph) -> dict[str, list[str]]:
@@ -18,15 +19,17 @@ def _users(g: Graph) -> dict[str, list[str]]:
 
 
 def set_weight_dtype(g: Graph, opts: LowerOptions) -> Graph:
-    """Weights are stored on the GPU in ``opts.weight_dtype`` (converted at upload)."""
+    """Weights are stored on the GPU in ``opts.weight_dtype`` (converted at upload), or quantized
+    (``opts.quantize``; ``lowering.quantize`` says which): the kernels read the node's dtype."""
     g = g.copy()
+    dtypes = weight_dtypes(g, opts)
     for n in g.by_op("weight"):
-        n.dtype = opts.weight_dtype
+        n.dtype = dtypes[n.name]
     return g
 
 
 def _chunks(rows: int, cols: int, dtype: str, limit: int) -> list[tuple[int, int]]:
-    per = max(64, (limit // (cols * DTYPE_BYTES[dtype])) // 64 * 64)
+    per = max(64, int(limit // of_dtype(dtype).row_bytes(cols)) // 64 * 64)
     return [(r, min(r + per, rows)) for r in range(0, rows, per)]
 
 
@@ -56,7 +59,7 @@ def split_large_weights(g: Graph, opts: LowerOptions) -> Graph:
     for n in g.nodes():
         n = Node(n.name, n.op, [renamed.get(i, i) for i in n.inputs], n.shape, n.dtype, dict(n.attrs))
         big = [i for i in n.inputs[1:2] if g[i].op == "weight" and len(g[i].shape) == 2
-               and g[i].shape[0] * g[i].shape[1] * DTYPE_BYTES[g[i].dtype] > opts.max_binding_bytes]
+               and of_dtype(g[i].dtype).nbytes(g[i].shape) > opts.max_binding_bytes]
         if not big or n.op not in ("embedding", "matmul"):
             nodes.append(n)
             continue

@@ -12,6 +12,7 @@ import re
 import numpy as np
 import pytest
 
+from common.weight_format import QUANTIZED_DTYPES, decode, encode, of_dtype
 from ir import reference
 from ir.serialize import from_json
 from ir.shapes import resolve
@@ -42,14 +43,31 @@ def _cases(module):
 
 
 def _random(shape, dtype, rng, vocab):
+    """Random contents of a kernel arg: token ids, floats, or a quantized weight's packed bytes."""
     if dtype == "int32":
         return rng.integers(0, vocab, shape).astype(np.int32)
+    if dtype in QUANTIZED_DTYPES:
+        return encode(rng.standard_normal(shape).astype(np.float32), of_dtype(dtype))
     return rng.standard_normal(shape).astype(_NP[dtype])
+
+
+def _value(arr, t, dims):
+    """What an arg's contents mean to the reference rule: float64 values (a quantized weight's
+    packed bytes decoded, as the kernels dequantize them)."""
+    if t is not None and t.dtype in QUANTIZED_DTYPES:
+        return decode(arr, resolve(t.shape, dims), of_dtype(t.dtype)).astype(np.float64)
+    return arr.astype(np.float64) if arr.dtype != np.int32 else arr
 
 
 @pytest.mark.parametrize("wdtype,tol", [("float32", 1e-5), ("float16", 2e-3)])
 def test_every_kernel_against_numpy(compiled, wdtype, tol):
     module = load_compiled(compiled("tiny-gqa4", "f32", wdtype, max_context=704, prefill_chunk=64))
+    assert check_every_kernel(module, tol) == KCLASSES
+
+
+def check_every_kernel(module, tol: float) -> set[str]:
+    """Run every kernel of ``module`` on random args (``_cases``) against the reference rule of
+    its node; returns the kernel classes covered."""
     dev = open_device()
     vocab = module.manifest.model.vocab_size
     launchers = {}
@@ -60,18 +78,18 @@ def test_every_kernel_against_numpy(compiled, wdtype, tol):
         dims = {"seq": seq, "total": total, "ctx": ctx}
         node = g[d.node]
         tensors = module.manifest.phases[phase].tensors
-        arrays = []
+        arrays, made = [], {}
         for a in d.args:
             if a.startswith("const:"):
                 arrays.append(make_constant(a))
                 continue
-            t = tensors[a]
-            arrays.append(_random(resolve(t.shape, dims), t.dtype, rng, vocab))
+            if a not in made:  # a quantized weight is two args (codes, scales) of one buffer
+                made[a] = _random(resolve(tensors[a].shape, dims), tensors[a].dtype, rng, vocab)
+            arrays.append(made[a])
         out_idx = [b.arg for b in module.manifest.kernels[d.kernel].bindings if b.write]
         # the node's own result (a kernel may also update a cache in place as a side effect)
         o = next(i for i in out_idx if d.args[i] == storage_root(g, node.name))
-        expect_inputs = {a: arr.astype(np.float64) if arr.dtype != np.int32 else arr
-                         for a, arr in zip(d.args, arrays, strict=True)}
+        expect_inputs = {a: _value(arr, tensors.get(a), dims) for a, arr in zip(d.args, arrays, strict=True)}
         if node.op != "kv_cache_write":
             arrays[o] = np.full_like(arrays[o], np.nan)
         # the node's operands, as views of the kernel args (reshape / KV-cache read resolved)
@@ -95,7 +113,7 @@ def test_every_kernel_against_numpy(compiled, wdtype, tol):
         err = np.abs(got.astype(np.float64) - expected).max() / max(np.abs(expected).max(), 1e-30)
         assert np.isfinite(got).all() and err <= tol, f"{key} ({node.name}) seq={seq} total={total}: rel err {err:.2e}"
         covered.add(d.kclass)
-    assert covered == KCLASSES
+    return covered
 
 
 @pytest.mark.parametrize("wdtype", ["float32", "float16"])

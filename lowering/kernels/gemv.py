@@ -8,6 +8,11 @@ WGSL's ``dot`` does the 4-wide multiply-add. The schedule is a family, swept by 
 each row's K (threadIdx.x, consecutive threads read consecutive 8/16-byte vectors: coalesced),
 a shared-memory tree reduction across ``tr``. Row and K tails are guarded, so any N and any K
 divisible by 4 work.
+
+Quantized weights (``q8`` / ``q4``, ``common.weight_format``) use the same loop: a thread's step
+reads one u32 word of codes (4 or 8 values, one or two activation vec4s), dequantizes it in
+registers and scales the word's dot product by its group's f16 scale
+(``lowering.kernels.quant``); every fusion below works for every format.
 """
 
 
@@ -18,6 +23,7 @@ from tvm.script import tirx as T
 
 from ir.graph import Graph, Node
 from lowering.kernels.common import bytes_expr
+from lowering.kernels.quant import WeightRead, weight_args
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 
 # (ts, tr): tried by the tuner; the first is the default where no tuning result exists.
@@ -36,8 +42,12 @@ def schedules(n: int, k: int, wdtype: str, residual: bool = False, **fusions) ->
 
 def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, norm_eps: float | None = None,
               swiglu: bool = False, kv_cache: tuple[int, int, int] | None = None,
-              segments: tuple[int, int, int] | None = None) -> Callable[[], object]:
+              segments: tuple[int, int, int] | None = None, gdtype: str | None = None) -> Callable[[], object]:
     """A builder of the scheduled PrimFunc (built lazily: TVMScript parsing costs ~20 ms).
+
+    ``wdtype``: the weights' graph dtype (float16 | float32 | q8 | q4); a quantized weight is two
+    params, its codes (``W``) and its scales (``WS``), views of one buffer. ``gdtype``: the
+    RMSNorm weight's dtype (never quantized; default: ``wdtype`` for float weights, else float16).
 
     Fusions that ride on the same loop (decode only, see ``lowering.passes.fuse_decode_gemv``):
     ``norm_eps``: RMSNorm of the activation as a prologue: the same loads of ``A`` accumulate
@@ -52,25 +62,30 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
     if k % 4:
         raise ValueError("vec4 GEMV needs K divisible by 4")
     k4 = k // 4
-    steps = (k4 + tr - 1) // tr
     levels = tr.bit_length() - 1
     if 1 << levels != tr:
         raise ValueError("tr must be a power of two")
-    wvec = f"{wdtype}x4"
     norm = norm_eps is not None
     eps = float(norm_eps or 0.0)
     nred = 1 + swiglu + norm  # reduced values per row: dot(s), sum of squares
     to_cache = kv_cache is not None
     kvh, ctx, hd = kv_cache or (1, 1, n)
     seg = segments is not None
-    n1, n2, _n3 = segments or (n, n, n)
+    n1, n2, n3 = segments or (n, n, n)
+    rw, ru, rx = (WeightRead(wdtype, rows, k) for rows in (n1, n2, n3))
+    quant, unit, ku = rw.quantized, rw.unit, rw.units  # a thread's step: one data element of a row
+    gdtype = gdtype or ("float16" if quant else wdtype)
+    av = rw.unit_values // 4  # activation vec4s per step
+    steps = (ku + tr - 1) // tr
     csize = kvh * ctx * hd if to_cache and not seg else n
 
     def build():
         @T.prim_func(private=True)
-        def gemv(A: T.Buffer((1, k4), "float32x4"), W: T.Buffer((n1, k4), dtype=wvec),
-                 U: T.Buffer((n2, k4), dtype=wvec), X: T.Buffer((max(n - n1 - n2, 1), k4), dtype=wvec),
-                 G: T.Buffer((k4,), dtype=wvec), R: T.Buffer((1, n), "float32"), C: T.Buffer((csize,), "float32"),
+        def gemv(A: T.Buffer((1, k4), "float32x4"), W: T.Buffer((n1, ku), dtype=unit),
+                 WS: T.Buffer((rw.scale_len,), "float16"), U: T.Buffer((n2, ku), dtype=unit),
+                 US: T.Buffer((ru.scale_len,), "float16"), X: T.Buffer((n3, ku), dtype=unit),
+                 XS: T.Buffer((rx.scale_len,), "float16"), G: T.Buffer((k4,), dtype=f"{gdtype}x4"),
+                 R: T.Buffer((1, n), "float32"), C: T.Buffer((csize,), "float32"),
                  KV: T.Buffer((kvh * ctx * hd,), "float32"), total: T.int32):
             for bx in T.thread_binding((n + ts - 1) // ts, thread="blockIdx.x"):
                 for ty in T.thread_binding(ts, thread="threadIdx.y"):
@@ -80,7 +95,8 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
                         red1 = T.alloc_buffer((ts, tr), "float32", scope="shared")
                         red2 = T.alloc_buffer((ts, tr), "float32", scope="shared")
                         acc = T.alloc_buffer((max(nred, 2),), "float32", scope="local")
-                        a = T.alloc_buffer((1,), "float32x4", scope="local")
+                        a = T.alloc_buffer((av,), "float32x4", scope="local")
+                        wq = T.alloc_buffer((1,), "uint32", scope="local")  # a quantized word, loaded once
                         row = T.min(bx * ts + ty, n - 1)
                         acc[0] = T.float32(0)
                         if nred > 1:
@@ -88,27 +104,34 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
                         if nred > 2:
                             acc[2] = T.float32(0)
                         for i in T.unroll(steps):
-                            if k4 % tr == 0 or i * tr + tx < k4:
-                                a[0] = A[0, i * tr + tx]
-                                if norm:
-                                    acc[nred - 1] = acc[nred - 1] + T.call_pure_extern("float32", "dot", a[0], a[0])
-                                    a[0] = a[0] * T.Cast("float32x4", G[i * tr + tx])
+                            if ku % tr == 0 or i * tr + tx < ku:
+                                for v in T.unroll(av):
+                                    a[v] = A[0, (i * tr + tx) * av + v]
+                                    if norm:
+                                        acc[nred - 1] = acc[nred - 1] + T.call_pure_extern("float32", "dot", a[v],
+                                                                                           a[v])
+                                        a[v] = a[v] * T.Cast("float32x4", G[(i * tr + tx) * av + v])
                                 if seg:
                                     if row < n1:
-                                        acc[0] = acc[0] + T.call_pure_extern(
-                                            "float32", "dot", a[0], T.Cast("float32x4", W[row, i * tr + tx]))
+                                        if quant:
+                                            wq[0] = W[row, i * tr + tx]
+                                        acc[0] = acc[0] + rw.unit_dot(a, W, WS, row, i * tr + tx, wq[0])
                                     elif row < n1 + n2:
-                                        acc[0] = acc[0] + T.call_pure_extern(
-                                            "float32", "dot", a[0], T.Cast("float32x4", U[row - n1, i * tr + tx]))
+                                        if quant:
+                                            wq[0] = U[row - n1, i * tr + tx]
+                                        acc[0] = acc[0] + ru.unit_dot(a, U, US, row - n1, i * tr + tx, wq[0])
                                     else:
-                                        acc[0] = acc[0] + T.call_pure_extern(
-                                            "float32", "dot", a[0], T.Cast("float32x4", X[row - n1 - n2, i * tr + tx]))
+                                        if quant:
+                                            wq[0] = X[row - n1 - n2, i * tr + tx]
+                                        acc[0] = acc[0] + rx.unit_dot(a, X, XS, row - n1 - n2, i * tr + tx, wq[0])
                                 else:
-                                    acc[0] = acc[0] + T.call_pure_extern(
-                                        "float32", "dot", a[0], T.Cast("float32x4", W[row, i * tr + tx]))
+                                    if quant:
+                                        wq[0] = W[row, i * tr + tx]
+                                    acc[0] = acc[0] + rw.unit_dot(a, W, WS, row, i * tr + tx, wq[0])
                                 if swiglu:
-                                    acc[1] = acc[1] + T.call_pure_extern(
-                                        "float32", "dot", a[0], T.Cast("float32x4", U[row, i * tr + tx]))
+                                    if quant:
+                                        wq[0] = U[row, i * tr + tx]
+                                    acc[1] = acc[1] + ru.unit_dot(a, U, US, row, i * tr + tx, wq[0])
                         red0[ty, tx] = acc[0]
                         if nred > 1:
                             red1[ty, tx] = acc[1]
@@ -144,11 +167,21 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
 
         # drop the params this variant never reads (each param is a binding)
         unused = {name for name, used in (("U", swiglu or seg), ("X", seg), ("G", norm), ("R", residual),
-                                          ("KV", seg), ("total", to_cache)) if not used}
+                                          ("KV", seg), ("total", to_cache), ("WS", quant),
+                                          ("US", quant and (swiglu or seg)), ("XS", quant and seg)) if not used}
         return tirx.PrimFunc([p for p in gemv.params if p.name not in unused], gemv.body, gemv.ret_type,
                              gemv.attrs)
 
     return build
+
+
+def _args(g: Graph, names: list[str]) -> list[str]:
+    """Kernel args for these operands: a quantized weight twice (codes, scales: ``WS`` after ``W``)."""
+    return [a for name in names for a in weight_args(g[name])]
+
+
+def _norm_dtype(g: Graph, node: Node, index: int, eps: float | None) -> str | None:
+    return g[node.inputs[index]].dtype if eps is not None else None
 
 
 @generator("fused_gemv")
@@ -156,10 +189,12 @@ def fused_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     w = g[node.inputs[1]]
     n, k = w.shape
     swiglu, eps, res = bool(node.attrs.get("swiglu")), node.attrs.get("norm_eps"), node.attrs.get("epilogue") == "add"
-    key = f"fused_gemv:{n}x{k}:{w.dtype}:swiglu{swiglu}:norm{eps}:res{res}"
-    variants = schedules(n, k, w.dtype, res, norm_eps=eps, swiglu=swiglu)
+    gdtype = _norm_dtype(g, node, 2 + swiglu, eps)
+    key = f"fused_gemv:{n}x{k}:{w.dtype}:swiglu{swiglu}:norm{eps}:{gdtype}:res{res}"
+    variants = schedules(n, k, w.dtype, res, norm_eps=eps, swiglu=swiglu, gdtype=gdtype)
     ctx = opts.max_context
-    return KernelSpec(key, "gemv", variants[0][1], [*node.inputs, node.name], [len(node.inputs)],
+    args = _args(g, node.inputs)
+    return KernelSpec(key, "gemv", variants[0][1], [*args, node.name], [len(args)],
                       flops=f"{2 * (1 + swiglu)}*{n}*{k}",
                       bytes=bytes_expr([g[i] for i in node.inputs] + [node], ctx), variants=variants)
 
@@ -169,12 +204,14 @@ def kv_write_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     cache, w = g[node.inputs[0]], g[node.inputs[2]]
     n, k = w.shape
     eps = node.attrs["gemv"].get("norm_eps")
+    gdtype = _norm_dtype(g, node, 3, eps)
     ctx = opts.max_context
     kv = (cache.shape[0], ctx, cache.shape[2])
-    key = f"kv_write_gemv:{n}x{k}:{w.dtype}:norm{eps}:{kv}"
-    variants = schedules(n, k, w.dtype, norm_eps=eps, kv_cache=kv)
+    key = f"kv_write_gemv:{n}x{k}:{w.dtype}:norm{eps}:{gdtype}:{kv}"
+    variants = schedules(n, k, w.dtype, norm_eps=eps, kv_cache=kv, gdtype=gdtype)
     ins = node.inputs[1:]
-    return KernelSpec(key, "gemv", variants[0][1], [*ins, cache.name], [len(ins)], flops=f"2*{n}*{k}",
+    args = _args(g, ins)
+    return KernelSpec(key, "gemv", variants[0][1], [*args, cache.name], [len(args)], flops=f"2*{n}*{k}",
                       bytes=bytes_expr([*(g[i] for i in ins)], ctx) + f" + 4*{n}", variants=variants)
 
 
@@ -186,9 +223,10 @@ def qkv_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     eps = float(node.attrs["norm_eps"])
     ctx = opts.max_context
     kv = (cache.shape[0], ctx, cache.shape[2])
-    key = f"qkv_gemv:{segs}x{k}:{wq.dtype}:norm{eps}:{kv}"
-    variants = schedules(n, k, wq.dtype, norm_eps=eps, kv_cache=kv, segments=segs)
-    # PrimFunc order: A, W, U, X, G, C (packed), KV (cache)
-    args = [x.name, wq.name, wk.name, wv.name, node.inputs[4], node.name, cache.name]
-    return KernelSpec(key, "gemv", variants[0][1], args, [5, 6], flops=f"2*{n}*{k}",
+    gdtype = g[node.inputs[4]].dtype
+    key = f"qkv_gemv:{segs}x{k}:{wq.dtype}:norm{eps}:{gdtype}:{kv}"
+    variants = schedules(n, k, wq.dtype, norm_eps=eps, kv_cache=kv, segments=segs, gdtype=gdtype)
+    # PrimFunc order: A, W (WS), U (US), X (XS), G, C (packed), KV (cache)
+    args = [*_args(g, node.inputs[:5]), node.name, cache.name]
+    return KernelSpec(key, "gemv", variants[0][1], args, [len(args) - 2, len(args) - 1], flops=f"2*{n}*{k}",
                       bytes=bytes_expr([x, wq, wk, wv, node], ctx) + f" + 4*{segs[2]}", variants=variants)

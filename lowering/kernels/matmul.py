@@ -9,6 +9,7 @@ from tvm import te
 from ir.graph import Graph, Node
 from lowering.kernels import gemm, gemv
 from lowering.kernels.common import bytes_expr, dim_vars, numel_expr, placeholder, shape_key, te_shape
+from lowering.kernels.quant import weight_args, weight_placeholders, weight_read
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 
 
@@ -17,15 +18,16 @@ def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     res = g[node.inputs[2]] if len(node.inputs) > 2 else None
     ctx = opts.max_context
     K = a.shape[1]
+    rw = weight_read(w)
 
     def build():
         v = dim_vars(g)
         A = placeholder(a.shape, "float32", "A", v, ctx)
-        W = placeholder(w.shape, w.dtype, "W", v, ctx)
+        ins = [A, *weight_placeholders(rw)]
+        W, WS = ins[1], ins[-1]
         k = te.reduce_axis((0, K), "k")
         out = te.compute(te_shape(node.shape, v, ctx),
-                         lambda i, j: te.sum(A[i, k] * W[j, k].astype("float32"), axis=k), name="C")
-        ins = [A, W]
+                         lambda i, j: te.sum(A[i, k] * rw.value(W, WS, j, k), axis=k), name="C")
         if res is not None:
             R = placeholder(res.shape, "float32", "R", v, ctx)
             acc = out
@@ -35,7 +37,8 @@ def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
 
     key = f"matmul_w:{shape_key(a)}x{shape_key(w)}" + (":res" if res is not None else "")
     moved = [a, w, node] + ([res] if res is not None else [])
-    spec = KernelSpec(key, node.attrs["kernel_class"], build, [*node.inputs, node.name], [len(node.inputs)],
+    args = [a.name, *weight_args(w), *node.inputs[2:]]
+    spec = KernelSpec(key, node.attrs["kernel_class"], build, [*args, node.name], [len(args)],
                       flops=f"2*{numel_expr(node.shape, ctx)}*{K}", bytes=bytes_expr(moved, ctx))
     if spec.kclass == "gemm" and gemm.supports(K):
         spec.variants = [("tiled-gemm(64x64 tile, 4x4 per thread, vec4)", gemm.gemm_func(w.shape[0], K, w.dtype,

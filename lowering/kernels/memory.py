@@ -6,40 +6,46 @@ from __future__ import annotations
 from tvm import te, tirx
 from tvm.script import tirx as T
 
+from common.weight_format import of_dtype
 from ir.graph import Graph, Node
 from lowering.kernels.common import bytes_expr, dim_vars, placeholder, shape_key, te_shape
 from lowering.kernels.elementwise import rope_tables
+from lowering.kernels.quant import weight_args, weight_placeholders, weight_read
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 from lowering.kernels.tir_reduce import tree_reduce
 
 
 @generator("embedding")
 def embedding(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    """Row gather; a quantized table's rows are dequantized on the fly (``lowering.kernels.quant``)."""
     ids, *chunks = (g[i] for i in node.inputs)
-    rows = [c.shape[0] for c in chunks]
+    reads = [weight_read(c) for c in chunks]
     ctx = opts.max_context
 
     def build():
         v = dim_vars(g)
         I = placeholder(ids.shape, "int32", "ids", v, ctx)
-        Ts = [placeholder(c.shape, c.dtype, f"table{k}", v, ctx) for k, c in enumerate(chunks)]
+        Ts = [weight_placeholders(r, f"table{k}") for k, r in enumerate(reads)]
 
         def body(i, h):
             tok = I[i]
-            val, off = None, sum(rows)
-            for t, r in reversed(list(zip(Ts, rows, strict=True))):
-                off -= r
-                row = tirx.min(tirx.max(tok - off, 0), r - 1)
-                here = t[row, h].astype("float32")
-                val = here if val is None else tirx.Select(tok >= off, here, val)
+            val, off = None, sum(r.rows for r in reads)
+            for t, r in reversed(list(zip(Ts, reads, strict=True))):
+                off -= r.rows
+                row = tirx.min(tirx.max(tok - off, 0), r.rows - 1)
+                here = r.value(t[0], t[-1], row, h)
+                val = here if val is None else tirx.Select(tok < off + r.rows, here, val)  # rows [off, off + rows)
             return val
 
         out = te.compute(te_shape(node.shape, v, ctx), body, name="E")
-        return te.create_prim_func([I, *Ts, out])
+        return te.create_prim_func([I, *(p for t in Ts for p in t), out])
 
     key = f"embedding:{shape_key(node)}:{[shape_key(c) for c in chunks]}"
-    return KernelSpec(key, "gather", build, [*node.inputs, node.name], [len(node.inputs)],
-                      bytes=bytes_expr([ids, node, node], ctx))
+    args = [ids.name, *(a for c in chunks for a in weight_args(c))]
+    # per token: one row of the table (codes and scales) in, one f32 row out
+    row_bytes = int(of_dtype(chunks[0].dtype).row_bytes(chunks[0].shape[1]))
+    return KernelSpec(key, "gather", build, [*args, node.name], [len(args)],
+                      bytes=f"{bytes_expr([ids, node], ctx)} + seq*{row_bytes}")
 
 
 def _kv_write_func(nkv: int, ctx: int, hd: int):

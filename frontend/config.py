@@ -151,7 +151,7 @@ def _check_unsupported(raw: dict[str, Any], path: Path, layers: int) -> None:
         q = raw["quantization_config"]
         method = q.get("quant_method", "?") if isinstance(q, dict) else q
         raise UserError(f"{path}: 'quantization_config' ({method}): pre-quantized checkpoints are not supported; "
-                        "use a bf16/f16/f32 checkpoint")
+                        "use a bf16/f16/f32 checkpoint (compile it with --quantize q4 or q8 to quantize it)")
 
 
 def parse_config(raw: Any, path: Path) -> Qwen3Config:

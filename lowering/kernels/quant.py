@@ -1,14 +1,14 @@
 """Reading a weight of any ``common.weight_format`` inside a kernel: one place for the buffer
-declarations, the dequantizing loads and the byte counts, so every generator (GEMV, GEMM, the
+declarations, the kernel args and the dequantizing loads, so every generator (GEMV, GEMM, the
 embedding gather, the TE fallback) reads a format the same way.
 
 A float weight is one buffer param of ``float16x4`` / ``float32x4`` (vec4 loads). A quantized
 weight is two params bound to the *same* GPU buffer (the kernel arg list names the tensor
 twice): the codes as ``uint32`` words and the whole buffer again as ``float16``, whose scales
 start at ``scale_offset`` (layout: ``common.weight_format``). One u32 word holds 8 (q4) or 4 (q8)
-codes; a code becomes ``f32(code - Q)`` through vector shifts and masks, and the group's scale
-multiplies the dot product of a word's values with the activation (the scale is per 32 values
-along K, a word never straddles two groups).
+codes; a code becomes ``f32(code - Q)`` through vector shifts, masks and float bits, and the
+group's scale multiplies the dot product of a word's values with the activation (the scale is per
+32 values along K, a word never straddles two groups).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-from common.weight_format import of_dtype
+from common.weight_format import WeightFormat, of_dtype
 from ir.graph import Node
 
 _TWO23_BITS = 0x4B000000  # the float32 2**23: its mantissa's low bits take a code as an integer
@@ -33,7 +33,7 @@ class WeightRead:
     cols: int
 
     @property
-    def fmt(self):
+    def fmt(self) -> WeightFormat:
         return of_dtype(self.dtype)
 
     @property

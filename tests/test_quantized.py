@@ -95,7 +95,8 @@ def test_group_must_divide_k():
 
 @pytest.mark.parametrize("fmt", QUANT)
 def test_gemv_variants_against_numpy(fmt):
-    """Each schedule the tuner may pick, with each fusion, on dequantized weights (f64 numpy)."""
+    """Each schedule the tuner may pick (every load width), with each fusion, on dequantized
+    weights (f64 numpy)."""
     from lowering.build import build_kernel
     from lowering.kernels import gemv
     from lowering.kernels.spec import KernelSpec
@@ -124,9 +125,10 @@ def test_gemv_variants_against_numpy(fmt):
             expected = expected / (1 + np.exp(-expected)) * (x @ ud.T)
         expected = expected + (r if res else 0)
         args = [a, w, w, *([u, u] if swiglu else []), *([gw] if eps is not None else []), *([r] if res else [])]
-        for ts, tr in gemv.VARIANTS if every else gemv.VARIANTS[:1]:
-            name = gemv.variant_name(ts, tr)
-            builder = gemv.gemv_func(n, k, fmt, res, ts, tr, eps, swiglu)
+        for words, (ts, tr) in [(w, v) for w in gemv.QUANT_WORDS for v in (gemv.VARIANTS if every else
+                                                                         gemv.VARIANTS[:1])]:
+            name = gemv.variant_name(ts, tr, words)
+            builder = gemv.gemv_func(n, k, fmt, res, ts, tr, eps, swiglu, words=words)
             spec = KernelSpec(f"q{n}x{k}", "gemv", builder, [f"x{i}" for i in range(len(args) + 1)], [len(args)],
                               variants=[(name, builder)])
             kern, _ = build_kernel(spec, "gemv_test", use_cache=False)

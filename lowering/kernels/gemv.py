@@ -21,6 +21,7 @@ from collections.abc import Callable
 from tvm import tirx
 from tvm.script import tirx as T
 
+from common.weight_format import of_dtype
 from ir.graph import Graph, Node
 from lowering.kernels.common import bytes_expr
 from lowering.kernels.quant import WeightRead, weight_args
@@ -28,26 +29,33 @@ from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 
 # (ts, tr): tried by the tuner; the first is the default where no tuning result exists.
 VARIANTS: tuple[tuple[int, int], ...] = ((2, 64), (4, 32), (1, 128), (4, 64), (8, 32), (1, 256), (2, 128))
+# u32 words of codes a thread loads per step of a quantized GEMV (4: one 16-byte load, 32 q4 codes)
+QUANT_WORDS = (1, 4)
 
 
-def variant_name(ts: int, tr: int) -> str:
-    return f"vec4-gemv(ts={ts},tr={tr})"
+def variant_name(ts: int, tr: int, words: int = 1) -> str:
+    return f"vec4-gemv(ts={ts},tr={tr}{f',words={words}' if words > 1 else ''})"
 
 
 def schedules(n: int, k: int, wdtype: str, residual: bool = False, **fusions) -> list[tuple[str, Callable]]:
-    """Every (ts, tr) schedule of one GEMV as (name, builder), the default first; all are compiled
-    into the module and ``runtime.tune`` picks among them on the device."""
-    return [(variant_name(ts, tr), gemv_func(n, k, wdtype, residual, ts, tr, **fusions)) for ts, tr in VARIANTS]
+    """Every (ts, tr) schedule of one GEMV (a quantized one also per load width) as (name,
+    builder), the default first; all are compiled into the module and ``runtime.tune`` picks among
+    them on the device."""
+    widths = QUANT_WORDS if of_dtype(wdtype).quantized else (1,)
+    return [(variant_name(ts, tr, words), gemv_func(n, k, wdtype, residual, ts, tr, words=words, **fusions))
+            for words in widths for ts, tr in VARIANTS]
 
 
 def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, norm_eps: float | None = None,
               swiglu: bool = False, kv_cache: tuple[int, int, int] | None = None,
-              segments: tuple[int, int, int] | None = None, gdtype: str | None = None) -> Callable[[], object]:
+              segments: tuple[int, int, int] | None = None, gdtype: str | None = None,
+              words: int = 1) -> Callable[[], object]:
     """A builder of the scheduled PrimFunc (built lazily: TVMScript parsing costs ~20 ms).
 
     ``wdtype``: the weights' graph dtype (float16 | float32 | q8 | q4); a quantized weight is two
     params, its codes (``W``) and its scales (``WS``), views of one buffer. ``gdtype``: the
     RMSNorm weight's dtype (never quantized; default: ``wdtype`` for float weights, else float16).
+    ``words``: u32 words of a quantized weight one thread reads per step (a vector load).
 
     Fusions that ride on the same loop (decode only, see ``lowering.passes.fuse_decode_gemv``):
     ``norm_eps``: RMSNorm of the activation as a prologue: the same loads of ``A`` accumulate
@@ -72,7 +80,7 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
     kvh, ctx, hd = kv_cache or (1, 1, n)
     seg = segments is not None
     n1, n2, n3 = segments or (n, n, n)
-    rw, ru, rx = (WeightRead(wdtype, rows, k) for rows in (n1, n2, n3))
+    rw, ru, rx = (WeightRead(wdtype, rows, k, words) for rows in (n1, n2, n3))
     quant, unit, ku = rw.quantized, rw.unit, rw.units  # a thread's step: one data element of a row
     gdtype = gdtype or ("float16" if quant else wdtype)
     av = rw.unit_values // 4  # activation vec4s per step
@@ -96,7 +104,7 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
                         red2 = T.alloc_buffer((ts, tr), "float32", scope="shared")
                         acc = T.alloc_buffer((max(nred, 2),), "float32", scope="local")
                         a = T.alloc_buffer((av,), "float32x4", scope="local")
-                        wq = T.alloc_buffer((1,), "uint32", scope="local")  # a quantized word, loaded once
+                        wq = T.alloc_buffer((1,), unit if quant else "uint32", scope="local")  # words, loaded once
                         row = T.min(bx * ts + ty, n - 1)
                         acc[0] = T.float32(0)
                         if nred > 1:

@@ -26,11 +26,13 @@ _TWO23_BITS = 0x4B000000  # the float32 2**23: its mantissa's low bits take a co
 
 @dataclass(frozen=True)
 class WeightRead:
-    """How kernels read a [rows, cols] weight stored as graph dtype ``dtype``."""
+    """How kernels read a [rows, cols] weight stored as graph dtype ``dtype``; a quantized one
+    ``words`` u32 words at a time (1, 2 or 4: one vector load of up to 32 codes)."""
 
     dtype: str
     rows: int
     cols: int
+    words: int = 1
 
     @property
     def fmt(self) -> WeightFormat:
@@ -42,13 +44,15 @@ class WeightRead:
 
     @property
     def unit(self) -> str:
-        """Element type of the data param: a vec4 of floats, or one u32 word of codes."""
-        return "uint32" if self.quantized else f"{self.dtype}x4"
+        """Element type of the data param: a vec4 of floats, or ``words`` u32 words of codes."""
+        if not self.quantized:
+            return f"{self.dtype}x4"
+        return "uint32" if self.words == 1 else f"uint32x{self.words}"
 
     @property
     def unit_values(self) -> int:
-        """Weight values per element of the data param (4, or 8 for q4)."""
-        return self.fmt.per_word if self.quantized else 4
+        """Weight values per element of the data param (4 for floats; 4 or 8 codes per word)."""
+        return self.fmt.per_word * self.words if self.quantized else 4
 
     @property
     def units(self) -> int:
@@ -90,12 +94,15 @@ class WeightRead:
 
     def unit_dot(self, a, W, S, row, u, word):
         """``sum`` over data element ``u`` of ``row``: activation vec4s ``a[0 ..]`` times the weight
-        values. Quantized formats read the word from ``word`` (a local the caller loaded, so the
-        q4 word is read from memory once for its two vec4s)."""
+        values. Quantized formats read the words from ``word`` (a local the caller loaded, so each
+        word is read from memory once for all its vec4s). The element's values share one scale
+        (``unit_values`` divides the group size)."""
         if not self.quantized:
             return T.call_pure_extern("float32", "dot", a[0], T.Cast("float32x4", W[row, u]))
-        dots = [T.call_pure_extern("float32", "dot", a[v], self.codes4(word, 4 * v))
-                for v in range(self.unit_values // 4)]
+        per4 = self.fmt.per_word // 4  # vec4s per word
+        dots = [T.call_pure_extern("float32", "dot", a[j * per4 + v], self.codes4(
+            word if self.words == 1 else T.Shuffle([word], [j]), 4 * v))
+                for j in range(self.words) for v in range(per4)]
         total = dots[0]
         for d in dots[1:]:
             total = total + d

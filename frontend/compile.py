@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
                     "embedding, when tied to it) in --weight-dtype")
     ap.add_argument("--max-context", type=int, default=None, help="KV cache capacity in tokens (default 4096 "
                     "or the model's max_position_embeddings if smaller)")
+    ap.add_argument("--kv-dtype", default="f16", help="KV cache storage, one of f16, f32 (f16 halves the cache "
+                    "memory and attention's reads; default: f16)")
+    ap.add_argument("--attention-splits", type=int, default=32, help="decode attention splits the cache into up to "
+                    "N pieces per kv head, one workgroup each (flash-decoding; 1: one workgroup per kv head and "
+                    "no combine dispatch; default: 32)")
     ap.add_argument("--prefill-chunk", type=int, default=256, help="longest prompt piece per prefill step "
                     "(default: 256)")
     ap.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -37,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.weight_dtype not in _DTYPES:
         raise UserError(f"--weight-dtype {a.weight_dtype!r} is not supported (expected f16 or f32)")
+    if a.kv_dtype not in _DTYPES:
+        raise UserError(f"--kv-dtype {a.kv_dtype!r} is not supported (expected f16 or f32)")
+    if a.attention_splits <= 0:
+        raise UserError(f"--attention-splits must be >= 1, got {a.attention_splits}")
     if a.quantize not in ("none", "q8", "q4"):
         raise UserError(f"--quantize {a.quantize!r} is not supported (expected none, q8 or q4)")
     if a.keep_lm_head and a.quantize == "none":
@@ -58,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or a.model_dir.with_name(a.model_dir.name + ".vkmod")
     check_writable(out, a.force)  # before minutes of kernel building, not after
     opts = LowerOptions(weight_dtype=_DTYPES[a.weight_dtype], max_context=max_ctx,
-                        prefill_chunk=min(a.prefill_chunk, max_ctx), quantize=a.quantize,
-                        keep_lm_head=a.keep_lm_head)
+                        prefill_chunk=min(a.prefill_chunk, max_ctx), kv_dtype=_DTYPES[a.kv_dtype],
+                        attention_splits=a.attention_splits, quantize=a.quantize, keep_lm_head=a.keep_lm_head)
     compile_model(a.model_dir, out, opts, force=a.force, dump_after=a.dump_after, use_cache=not a.no_cache)
     return 0
 

@@ -79,6 +79,41 @@ def _attention(ins, attrs):
     return q, F32
 
 
+# attention_partial's per-split record: the unnormalized output [hd], then the split's score max
+# and exp-sum, each repeated over 4 values (so the kernels read and write them as vec4s). A split
+# past the step's count is empty: output 0, max EMPTY_MAX, sum 0 (its merge weight is 0, and
+# unlike -inf, EMPTY_MAX - EMPTY_MAX is no NaN).
+SPLIT_STATS = 8
+EMPTY_MAX = -3.0e38
+
+
+def attention_split(total: int, unit: int, max_splits: int) -> tuple[int, int]:
+    """Flash-decoding's cut of cache positions ``0..total``: ``(chunk, splits)``, split ``s``
+    covering ``[s * chunk, min((s + 1) * chunk, total))``. ``chunk`` is the smallest multiple of
+    ``unit`` that needs at most ``max_splits`` splits, so the split count (workgroups) grows with
+    the context until ``max_splits``, and then the chunks grow. The kernels compute the same
+    formula in TIR."""
+    chunk = (total + unit * max_splits - 1) // (unit * max_splits) * unit
+    return chunk, (total + chunk - 1) // chunk
+
+
+def _attention_partial(ins, attrs):
+    """attention's operands; per query head and split slot the partial softmax state
+    [heads, max_splits, hd + SPLIT_STATS] (slots past the step's splits: the empty state)."""
+    (_, heads, m, d), _ = _attention(ins, attrs)
+    _need(m == 1, f"attention_partial takes one query row, got {m}")
+    _need(attrs["split_unit"] > 0 and attrs["max_splits"] > 0, "attention_partial: split_unit and max_splits > 0")
+    return (heads, attrs["max_splits"], d + SPLIT_STATS), F32
+
+
+def _attention_combine(ins, attrs):
+    """attention_partial's states [heads, splits, hd + SPLIT_STATS] merged: [1, heads, 1, hd]."""
+    (p, _), = ins
+    _need(len(p) == 3 and all(isinstance(d, int) for d in p) and p[2] > SPLIT_STATS,
+          f"attention_combine needs partial states [heads, splits, hd + {SPLIT_STATS}], got {fmt(p)}")
+    return (1, p[0], 1, p[2] - SPLIT_STATS), F32
+
+
 def _fused_gemv(ins, attrs):
     """[1, K] x [N, K]^T with optional RMSNorm prologue, SwiGLU pair of weights, residual epilogue.
     Operands: x, W, [U if swiglu], [norm weight if norm_eps], [residual if epilogue]."""
@@ -185,6 +220,8 @@ OPS: dict[str, Infer] = {
     "rms_norm": _rms_norm,
     "matmul": _matmul,
     "attention": _attention,
+    "attention_partial": _attention_partial,
+    "attention_combine": _attention_combine,
     "fused_gemv": _fused_gemv,
     "qkv_gemv": _qkv_gemv,
     "rope": _rope,

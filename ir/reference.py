@@ -15,6 +15,7 @@ import numpy as np
 
 from common.weight_format import as_stored
 from ir.graph import Graph, Node
+from ir.ops import EMPTY_MAX, SPLIT_STATS, attention_split
 from ir.rope import Rope
 from ir.rope import tables as rope_tables
 
@@ -89,18 +90,56 @@ def _qkv_gemv(at: Attrs, st: Step, x, wq, wk, wv, g, _cache_v) -> np.ndarray:
     return (_rms_norm(x, g, at["norm_eps"]) @ np.concatenate([wq, wk, wv]).T).astype(np.float32)
 
 
-def _attention(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
+def _attention_operands(at: Attrs, st: Step, q, k, v, norm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q as [1, heads, m, d] (unpacked, the fused q RMSNorm + RoPE applied), k and v with their
+    kv heads repeated per GQA group, all float32 (the cache may hold f16)."""
     group = at.get("gqa_group", 1)
     if at.get("q_packed"):
         q = q[:, : k.shape[1] * group * k.shape[3]].reshape(1, -1, k.shape[3])
     if at.get("q_norm_eps") is not None:
         q = _rope(_rms_norm(q, norm[0], at["q_norm_eps"]), at["rope"], st.past).reshape(1, q.shape[1], 1, q.shape[2])
-    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    k, v = (np.repeat(t, group, axis=1).astype(np.float32, copy=False) for t in (k, v))
+    return q, k, v
+
+
+def _attention(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
+    q, k, v = _attention_operands(at, st, q, k, v, norm)
     return (_softmax(q @ np.swapaxes(k, -1, -2), at["scale"], at["causal"], st.past) @ v).astype(np.float32)
 
 
+def _attention_partial(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
+    """Per head and split (``ir.ops.attention_split``): ``o = sum_t exp(s_t - m) v_t`` over the
+    split's positions, then ``m = max_t s_t`` and ``l = sum_t exp(s_t - m)`` (``SPLIT_STATS``
+    layout); the slots past this step's splits hold the empty state (0, ``EMPTY_MAX``, 0)."""
+    q, k, v = _attention_operands(at, st, q, k, v, norm)
+    s = (q @ np.swapaxes(k, -1, -2))[0, :, 0, :] * np.float32(at["scale"])  # [heads, total]
+    chunk, splits = attention_split(st.total, at["split_unit"], at["max_splits"])
+    hd = v.shape[-1]
+    out = np.zeros((s.shape[0], at["max_splits"], hd + SPLIT_STATS), np.float32)
+    out[:, :, hd: hd + 4] = EMPTY_MAX
+    for j in range(splits):
+        part = s[:, j * chunk: (j + 1) * chunk]
+        m = part.max(axis=-1, keepdims=True)
+        e = np.exp(part - m)
+        out[:, j, :hd] = np.einsum("ht,htd->hd", e, v[0, :, j * chunk: (j + 1) * chunk])
+        out[:, j, hd: hd + 4] = m
+        out[:, j, hd + 4:] = e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def _attention_combine(at: Attrs, st: Step, p) -> np.ndarray:
+    """The partials merged: ``sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s``, ``M = max_s m_s``
+    (an empty slot's weight is 0)."""
+    hd = p.shape[-1] - SPLIT_STATS
+    m, l = p[..., hd: hd + 1], p[..., hd + 4: hd + 5]
+    w = np.exp(m - m.max(axis=1, keepdims=True))
+    out = (p[..., :hd] * w).sum(axis=1) / (l * w).sum(axis=1)
+    return out.reshape(1, p.shape[0], 1, hd).astype(np.float32)
+
+
 def _kv_cache_write(at: Attrs, st: Step, cache, new, *extra) -> np.ndarray:
-    """Rows past..total of the cache get ``new``, or what the fused producer makes of it."""
+    """Rows past..total of the cache get ``new``, or what the fused producer makes of it, stored
+    in the cache's dtype (an f16 cache rounds the rows as the GPU does)."""
     kv, hd = cache.shape[0], cache.shape[2]
     if at.get("packed_offset") is not None:
         off = at["packed_offset"]
@@ -123,6 +162,8 @@ RULES: dict[str, Rule] = {
     "fused_gemv": _fused_gemv,
     "qkv_gemv": _qkv_gemv,
     "attention": _attention,
+    "attention_partial": _attention_partial,
+    "attention_combine": _attention_combine,
     "softmax": lambda at, st, s: _softmax(s, at["scale"], at.get("causal", False), st.past),
     "add": lambda at, st, a, b: a + b,
     "mul": lambda at, st, a, b: a * b,

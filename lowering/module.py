@@ -140,7 +140,7 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
     progress.done()
     for phase, plan in plans.items():
         plan.dispatches = [Dispatch(**d, kclass=kernels[d["kernel"]].kclass) for d in dispatches[phase]]
-    kv = KVCacheSpec(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, opts.max_context, "float32")
+    kv = KVCacheSpec(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, opts.max_context, opts.kv_dtype)
     weight_list = list(weights.values())
     manifest = Manifest(
         format_version=FORMAT_VERSION, tvm_version=tvm.__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.weight_format import of_dtype
 from ir.graph import Graph, Node
-from ir.ops import LEAF_OPS
+from ir.ops import LEAF_OPS, infer
 from lowering.kernels import attention as attention_kernel
 from lowering.kernels.spec import LowerOptions
 from lowering.quantize import weight_dtypes
@@ -25,6 +25,19 @@ def set_weight_dtype(g: Graph, opts: LowerOptions) -> Graph:
     dtypes = weight_dtypes(g, opts)
     for n in g.by_op("weight"):
         n.dtype = dtypes[n.name]
+    return g
+
+
+def set_kv_dtype(g: Graph, opts: LowerOptions) -> Graph:
+    """The KV caches are stored in ``opts.kv_dtype`` (f16 halves attention's reads and the cache
+    memory); every op over a cache re-infers its type from it, so the cache writes, views and
+    outputs carry the storage dtype each kernel must read and write."""
+    g = g.copy()
+    for n in g.nodes():
+        if n.op == "input" and n.attrs.get("role") == "kv_cache":
+            n.dtype = opts.kv_dtype
+        elif n.op not in LEAF_OPS:
+            n.dtype = infer(n.op, [(g[i].shape, g[i].dtype) for i in n.inputs], n.attrs)[1]
     return g
 
 
@@ -149,7 +162,7 @@ def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
             continue
         if qk.shape[-1] != "total" or g[qk.inputs[1]].op != "kv_cache_read" or g[pv.inputs[1]].op != "kv_cache_read":
             continue
-        if not attention_kernel.supports(g[qk.inputs[0]].shape[-1]):
+        if not attention_kernel.supports(g[qk.inputs[0]].shape[-1], int(pv.attrs.get("gqa_group", 1))):
             continue
         matmuls = [_matmul_info(m) for m in (qk, pv)]
         fused[pv.name] = Node(pv.name, "attention", [qk.inputs[0], qk.inputs[1], pv.inputs[1]], pv.shape, pv.dtype,
@@ -157,7 +170,7 @@ def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
                                "gqa_group": pv.attrs.get("gqa_group", 1), "fused_matmuls": matmuls,
                                "covers": [qk.name, sm.name, pv.name],
                                "reason": "decode attention: QK^T, softmax and PV fused over the KV cache (one "
-                                         "workgroup per query head, online softmax over cache chunks)"})
+                                         "workgroup per GQA group, online softmax over cache tiles)"})
         dropped |= {qk.name, sm.name}
         # q's RMSNorm + RoPE (one query row) become the attention kernel's prologue
         chain, src = [], g[qk.inputs[0]]
@@ -331,3 +344,32 @@ def pack_qkv(g: Graph, opts: LowerOptions) -> Graph:
     nodes = [new.get(n.name, n) for n in g.nodes() if n.name not in dropped]
     return Graph.from_nodes(g.phase, g.meta, [n for n in nodes if n.op in LEAF_OPS] +
                             [n for n in nodes if n.op not in LEAF_OPS])
+
+
+def split_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
+    """Decode attention as flash-decoding: ``attention`` becomes ``attention_partial`` (same
+    name, operands and fusions; one workgroup per kv head and split of the cache, writing each
+    split's softmax state to a small scratch tensor the memory plan gives a slot) and
+    ``attention_combine`` (merges the splits). One workgroup per kv head cannot fill a GPU at
+    long context (16 on a 132-SM H100 for Qwen3-0.6B); the split count grows with the context.
+    ``opts.attention_splits <= 1`` keeps the unsplit kernel (one dispatch fewer per layer)."""
+    if opts.attention_splits <= 1:
+        return g
+    nodes: list[Node] = []
+    alias: dict[str, str] = {}
+    for n in g.nodes():
+        n = Node(n.name, n.op, [alias.get(i, i) for i in n.inputs], n.shape, n.dtype, dict(n.attrs))
+        if n.op != "attention":
+            nodes.append(n)
+            continue
+        split = {"max_splits": opts.attention_splits, "split_unit": opts.attention_split_unit}
+        part = Node(n.name, "attention_partial", n.inputs, n.shape, n.dtype, {**n.attrs, **split})
+        part.shape, part.dtype = infer(part.op, [(g[i].shape, g[i].dtype) for i in part.inputs], part.attrs)
+        part.attrs["reason"] = n.attrs.get("reason", "") + (
+            f"; flash-decoding: the cache is cut into up to {opts.attention_splits} splits of >= "
+            f"{opts.attention_split_unit} positions per kv head, one workgroup each, merged by {n.name}.combine")
+        comb = Node(f"{n.name}.combine", "attention_combine", [n.name], n.shape, n.dtype,
+                    {"reason": f"flash-decoding: merges the {opts.attention_splits} split states of {n.name}"})
+        alias[n.name] = comb.name
+        nodes += [part, comb]
+    return Graph.from_nodes(g.phase, g.meta, nodes)

@@ -16,7 +16,9 @@ from lowering.passes import (
     fuse_elementwise,
     fuse_kv_writes,
     pack_qkv,
+    set_kv_dtype,
     set_weight_dtype,
+    split_decode_attention,
     split_large_weights,
 )
 
@@ -24,6 +26,7 @@ Pass = Callable[[Graph, LowerOptions], Graph]
 
 PASSES: list[tuple[str, Pass]] = [
     ("set_weight_dtype", set_weight_dtype),
+    ("set_kv_dtype", set_kv_dtype),
     ("classify_matmuls", lambda g, o: classify_matmuls(g)),
     ("split_large_weights", split_large_weights),
     ("fuse_elementwise", lambda g, o: fuse_elementwise(g)),
@@ -32,6 +35,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_decode_gemv", fuse_decode_gemv),
     ("fuse_kv_writes", fuse_kv_writes),
     ("pack_qkv", pack_qkv),
+    ("split_decode_attention", split_decode_attention),
 ]
 PASS_NAMES = ["trace"] + [name for name, _ in PASSES]
 

@@ -32,18 +32,20 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def compiled(model_dir, tmp_path_factory):
-    """``compiled(preset, model_dtype, weight_dtype, max_context, prefill_chunk)`` -> module dir."""
+    """``compiled(preset, model_dtype, weight_dtype, max_context, prefill_chunk, kv_dtype)`` -> module dir
+    (``kv_dtype`` None: the compiler's default KV cache dtype)."""
     from lowering.kernels.spec import LowerOptions
     from lowering.module import compile_model
 
     made: dict[tuple, object] = {}
 
     def get(preset: str, dtype: str = "f32", weight_dtype: str = "float32", max_context: int = 128,
-            prefill_chunk: int = 32, log=lambda *_: None):
-        key = (preset, dtype, weight_dtype, max_context, prefill_chunk)
+            prefill_chunk: int = 32, kv_dtype: str | None = None, log=lambda *_: None):
+        key = (preset, dtype, weight_dtype, max_context, prefill_chunk, kv_dtype)
         if key not in made:
             out = tmp_path_factory.mktemp("vkmod") / f"{preset}.vkmod"
-            opts = LowerOptions(weight_dtype, max_context, prefill_chunk)
+            kv = {"kv_dtype": kv_dtype} if kv_dtype else {}
+            opts = LowerOptions(weight_dtype, max_context, prefill_chunk, **kv)
             compile_model(model_dir(preset, dtype), out, opts, log=log)
             made[key] = out
         return made[key]

@@ -5,21 +5,41 @@ from __future__ import annotations
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.cache_utils import DynamicCache
+
+
+class F16StorageCache(DynamicCache):
+    """HF's cache, with every K/V row rounded to f16 as it is stored (and so as it is read back,
+    the step's own row included): what a compiled module with ``kv_dtype=float16`` computes. HF
+    caches K after its norm and RoPE, as our kernels do, so both round the same values."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        def rnd(t: torch.Tensor) -> torch.Tensor:
+            return t.to(torch.float16).to(t.dtype)
+
+        return super().update(rnd(key_states), rnd(value_states), layer_idx, *args, **kwargs)
 
 
 class HFOracle:
-    def __init__(self, model_dir, dtype=torch.float32, round_weights_to_f16: bool = False) -> None:
+    def __init__(self, model_dir, dtype=torch.float32, round_weights_to_f16: bool = False,
+                 kv_dtype: str = "float32") -> None:
+        """``kv_dtype="float16"``: HF's K/V cache holds f16-rounded rows (``F16StorageCache``), so
+        a module compiled with an f16 cache is compared on the same rounded keys and values."""
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).eval()
         if round_weights_to_f16:  # compare an f16-weight build against HF on the same rounded weights
             with torch.no_grad():
                 for p in self.model.parameters():
                     p.copy_(p.to(torch.float16).to(dtype))
+        self.kv_f16 = kv_dtype == "float16"
         self.past = None
+
+    def _cache(self) -> DynamicCache | None:
+        return F16StorageCache(config=self.model.config) if self.kv_f16 else None
 
     def prefill(self, ids: list[int]) -> np.ndarray:
         """Logits for every prompt position, [seq, vocab]."""
         with torch.no_grad():
-            r = self.model(torch.tensor([ids]), use_cache=True)
+            r = self.model(torch.tensor([ids]), cache=self._cache(), use_cache=True)
         self.past = r.past_key_values
         return r.logits[0].float().numpy()
 
@@ -33,7 +53,7 @@ class HFOracle:
         # the model's own generation_config (its EOS ids stop generation), greedy
         with torch.no_grad():
             out = self.model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, pad_token_id=0,
-                                      top_k=None, top_p=None, temperature=None)
+                                      top_k=None, top_p=None, temperature=None, cache=self._cache())
         return out[0, len(ids):].tolist()
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from common.weight_format import QUANTIZED_DTYPES, decode, encode, of_dtype
 from ir import reference
+from ir.graph import Node
+from ir.ops import attention_split
 from ir.serialize import from_json
 from ir.shapes import resolve
 from lowering.module import kernel_info
@@ -86,6 +88,9 @@ def check_every_kernel(module, tol: float) -> set[str]:
             if a not in made:  # a quantized weight is two args (codes, scales) of one buffer
                 made[a] = _random(resolve(tensors[a].shape, dims), tensors[a].dtype, rng, vocab)
             arrays.append(made[a])
+        if node.op == "attention_combine":  # partial states: each stat repeated over 4 values, sums > 0
+            p = arrays[0]
+            p[..., -8:-4], p[..., -4:] = p[..., -8:-7], np.abs(p[..., -4:-3]) + 0.5
         out_idx = [b.arg for b in module.manifest.kernels[d.kernel].bindings if b.write]
         # the node's own result (a kernel may also update a cache in place as a side effect)
         o = next(i for i in out_idx if d.args[i] == storage_root(g, node.name))
@@ -110,8 +115,15 @@ def check_every_kernel(module, tol: float) -> set[str]:
         if key not in launchers:
             launchers[key] = KernelLauncher(dev.device, key, module.manifest.kernels[key], module.wgsl[key])
         got = launchers[key](arrays, seq, total)[o]
+        if node.op == "attention_partial":  # slots past the step's splits: the empty state, exactly
+            n = attention_split(total, node.attrs["split_unit"], node.attrs["max_splits"])[1]
+            assert np.array_equal(got[:, n:], expected[:, n:]), f"{key}: empty split states"
+            got, expected = got[:, :n], expected[:, :n]
         err = np.abs(got.astype(np.float64) - expected).max() / max(np.abs(expected).max(), 1e-30)
-        assert np.isfinite(got).all() and err <= tol, f"{key} ({node.name}) seq={seq} total={total}: rel err {err:.2e}"
+        # a result stored in f16 (the KV cache) is rounded once more: half an f16 ulp, 2^-11 relative
+        bound = tol + (2.0**-11 if got.dtype == np.float16 else 0)
+        assert np.isfinite(got).all() and err <= bound, f"{key} ({node.name}) seq={seq} total={total}: " \
+            f"rel err {err:.2e}"
         covered.add(d.kclass)
     return covered
 
@@ -153,6 +165,101 @@ def test_every_gemv_variant_against_numpy(wdtype):
             assert err < 1e-5, f"{name} {n}x{k} res={res} norm={eps} swiglu={swiglu}: rel err {err:.1e}"
 
 
+@pytest.mark.parametrize("wdtype", ["float32", "float16"])
+def test_every_gemm_variant_against_numpy(wdtype):
+    """Each prefill GEMM tiling the tuner may pick, with row and column tails (seq and N not
+    multiples of the tile) and K one or several slices, with and without the residual."""
+    from lowering.build import build_kernel
+    from lowering.kernels import gemm
+    from lowering.kernels.spec import KernelSpec
+
+    dev = open_device()
+    rng = np.random.default_rng(2)
+    for n, k, res in [(200, 160, True), (64, 48, False)]:
+        w = rng.standard_normal((n, k)).astype(_NP[wdtype])
+        for name, builder in gemm.schedules(n, k, wdtype, res):
+            spec = KernelSpec(f"g{n}x{k}", "gemm", builder, [f"x{i}" for i in range(3 + res)], [2 + res],
+                              variants=[(name, builder)])
+            kern, _ = build_kernel(spec, "gemm_test", use_cache=False)
+            assert kern.rule == name
+            launch = KernelLauncher(dev.device, name, kernel_info(kern), kern.wgsl)
+            for seq in (1, 37, 130):
+                a = rng.standard_normal((seq, k)).astype(np.float32)
+                r = rng.standard_normal((seq, n)).astype(np.float32)
+                expected = a.astype(np.float64) @ w.astype(np.float64).T + (r if res else 0)
+                got = launch([a, w, *([r] if res else []), np.full((seq, n), np.nan, np.float32)], seq, seq)[-1]
+                err = np.abs(got - expected).max() / np.abs(expected).max()
+                assert err < 1e-5, f"{name} seq={seq} {n}x{k} res={res}: rel err {err:.1e}"
+
+
+def _attention_node(op: str, group: int, hd: int, q_norm: bool, split: tuple[int, int] | None):
+    attrs = {"scale": hd ** -0.5, "causal": True, "gqa_group": group}
+    if q_norm:
+        attrs.update(q_norm_eps=1e-6, rope="default(theta=1000000.0)")
+    if split:
+        attrs.update(split_unit=split[0], max_splits=split[1])
+    return Node("attn", op, [], (), "float32", attrs)
+
+
+@pytest.mark.parametrize("nh,nkv,hd,kv_dtype,q_norm", [(4, 4, 16, "float32", False), (4, 2, 16, "float16", True),
+                                                        (8, 2, 16, "float16", False), (16, 8, 128, "float16", True)])
+def test_split_attention_against_numpy(nh, nkv, hd, kv_dtype, q_norm):
+    """Flash-decoding decode attention, every schedule: each split's partial state and the merged
+    output against numpy, at totals of one split, of many (up to 12), past a multiple of the chunk
+    and with chunks of several tiles (unit 16 x at most 4 splits: 176-position chunks at 700);
+    GQA groups 1, 2 and 4 (one workgroup serves the whole group), f16 and f32 caches, with and
+    without the q RMSNorm + RoPE prologue. The unsplit kernel (one workgroup per kv head over the
+    whole cache, normalized in place) on the same inputs."""
+    from lowering.build import build_kernel
+    from lowering.kernels import attention
+    from lowering.kernels.elementwise import rope_tables
+    from lowering.kernels.spec import KernelSpec
+
+    dev = open_device()
+    rng = np.random.default_rng(2)
+    ctx, group = 704, nh // nkv
+    consts = [make_constant(c) for c in rope_tables("default(theta=1000000.0)", hd, ctx)] if q_norm else []
+
+    def launcher(name, builder, nargs):
+        spec = KernelSpec(name, "attention", builder, [f"x{i}" for i in range(nargs)], [nargs - 1],
+                          variants=[(name, builder)])
+        kern, _ = build_kernel(spec, name, use_cache=False)
+        return KernelLauncher(dev.device, name, kernel_info(kern), kern.wgsl)
+
+    nin = 3 + 3 * q_norm
+    qn = (1e-6, "float32") if q_norm else None
+    # every schedule with short chunks; the compiler's default split with the default schedule
+    cuts = [((16, 4), tp) for tp in attention.SPLIT_VARIANTS] + [((64, 32), attention.SPLIT_VARIANTS[0])]
+    schedules = [(f"split_{s[0]}_{s[1]}_{t}x{p}", lambda t=t, p=p, s=s: attention._attention_func(
+        nh, nkv, hd, ctx, hd ** -0.5, kv_dtype, t, p, qn, s), s) for s, (t, p) in cuts]
+    schedules.append(("whole", lambda: attention._attention_func(nh, nkv, hd, ctx, hd ** -0.5, kv_dtype,
+                                                                 *attention.WHOLE_VARIANTS[0], qn, None), None))
+    for name, builder, split in schedules:
+        run = launcher(name, builder, nin + 1)
+        merge = split and launcher(f"combine_{split[1]}", lambda s=split: attention._combine_func(nh, hd, s[1]), 2)
+        for total in (1, 5, 16, 17, 64, 65, 200, 700):
+            q = rng.standard_normal((1, nh, hd) if q_norm else (1, nh, 1, hd)).astype(np.float32)
+            k, v = (rng.standard_normal((nkv, ctx, hd)).astype(kv_dtype) for _ in range(2))
+            ins = [q, k, v] + ([rng.standard_normal(hd).astype(np.float32), *consts] if q_norm else [])
+            args = [q, k[None, :, :total], v[None, :, :total]] + ins[3:4]
+            args = [a.astype(np.float64) for a in args]
+            dims = {"seq": 1, "total": total}
+            want = reference.evaluate(_attention_node("attention", group, hd, q_norm, None), args, dims)
+            if split is None:
+                got = run([*ins, np.full((1, nh, 1, hd), np.nan, np.float32)], 1, total)[-1]
+            else:
+                n = attention_split(total, *split)[1]
+                part = run([*ins, np.full((nh, split[1], hd + 8), np.nan, np.float32)], 1, total)[-1]
+                want_part = reference.evaluate(_attention_node("attention_partial", group, hd, q_norm, split), args,
+                                               dims)
+                assert np.array_equal(part[:, n:], want_part[:, n:]), f"{name}: empty split states"
+                err = np.abs(part[:, :n] - want_part[:, :n]).max() / np.abs(want_part[:, :n]).max()
+                assert err < 1e-5, f"{name} partials nh={nh} nkv={nkv} total={total}: rel err {err:.1e}"
+                got = merge([part, np.full((1, nh, 1, hd), np.nan, np.float32)], 1, total)[-1]
+            err = np.abs(got - want).max() / np.abs(want).max()
+            assert np.isfinite(got).all() and err < 1e-5, f"{name} nh={nh} nkv={nkv} total={total}: rel err {err:.1e}"
+
+
 # WGSL builtins and types that may appear in a condition; any other identifier is a value that
 # varies per invocation (a builtin id, a loop variable, a `var`) unless it is a `let` of uniforms
 _WGSL_PURE = {"min", "max", "select", "clamp", "abs", "i32", "u32", "f32", "f16", "bool", "vec2", "vec3", "vec4",
@@ -167,7 +274,9 @@ def _uniform_only_conditions(wgsl: str) -> tuple[list[str], int]:
     constants) alone, and how many loops and branches were scanned. Mesa's lavapipe inlines the
     uniforms of such conditions (``nir_find_inlinable_uniforms``: if conditions, and loop
     terminators comparing the induction variable with uniforms) and recompiles the shader on every
-    dispatch after the uniform buffer is rebound."""
+    dispatch after the uniform buffer is rebound. A loop of a constant trip count counts as
+    unrolled (Mesa unrolls short ones): its variable is a constant in the branches of its body, so
+    ``for (s = 0; s < 32; s++) { if (s * podArgs.total > 5) ...`` is flagged too."""
     kinds: dict[str, str] = {}  # let name -> "const" | "uniform" | "varying"
 
     def kind(expr: str, loop_var: str | None = None) -> str:
@@ -184,8 +293,10 @@ def _uniform_only_conditions(wgsl: str) -> tuple[list[str], int]:
             kinds[m.group(1)] = kind(m.group(2))
         elif m := _FOR.search(line):
             scanned += 1
-            if kind(m.group(2), m.group(1)) == "uniform":
+            bound = kind(m.group(2), m.group(1))
+            if bound == "uniform":
                 bad.append(line)
+            kinds[m.group(1)] = "const" if bound == "const" else "varying"
         elif m := _IF.search(line):
             scanned += 1
             if kind(m.group(1)) == "uniform":
@@ -203,6 +314,10 @@ def test_uniform_only_condition_scanner():
     assert _uniform_only_conditions(let + new) == ([], 1)
     assert _uniform_only_conditions("let n : i32 = (podArgs.seq * 4i);\nif ((n > 1i)) {")[0]
     assert not _uniform_only_conditions("if ((i32(threadIdx.x) < podArgs.total)) {")[0]
+    # a guard inside a constant-count loop: a uniform-only branch once the driver unrolls the loop
+    guarded = "for (var s : i32 = 0i; s < 32i; s++) {\nif (((s * podArgs.total) < 5i)) {"
+    assert _uniform_only_conditions(guarded) == (["if (((s * podArgs.total) < 5i)) {"], 2)
+    assert not _uniform_only_conditions(guarded.replace("podArgs.total", "i32(threadIdx.x)"))[0]
 
 
 @pytest.mark.parametrize("wdtype", ["float32", "float16"])

@@ -70,9 +70,24 @@ def test_split_and_fusion(cfg06):
     # the producers of the cache rows write the cache: K's norm+RoPE (from the packed row), V's GEMV
     kw = g["layers.0.k_cache_write"].attrs
     assert kw["rope"] == "default(theta=1000000.0)" and kw["packed_offset"] == 2048
-    # decode: layout-only transposes become views; QK^T, softmax, PV become one attention kernel
-    assert not g.by_op("transpose") and not g.by_op("softmax") and len(g.by_op("attention")) == 28
+    # decode: layout-only transposes become views; QK^T, softmax, PV become one attention kernel over
+    # splits of the cache (flash-decoding) whose partials a second kernel merges
+    assert not g.by_op("transpose") and not g.by_op("softmax") and not g.by_op("attention")
+    assert len(g.by_op("attention_partial")) == len(g.by_op("attention_combine")) == 28
     assert [m["kernel_class"] for m in g["layers.0.pv"].attrs["fused_matmuls"]] == ["batched_gemv"] * 2
+    assert g["layers.0.pv"].shape == (16, 32, 128 + 8) and g["layers.0.pv.combine"].shape == (1, 16, 1, 128)
+    assert g["layers.0.reshape_4"].inputs == ["layers.0.pv.combine"]
+    # the KV cache is stored in f16 by default: the cache, its writes and views carry the dtype
+    assert {g[n].dtype for n in ("cache_k.0", "layers.0.k_cache_write", "layers.0.k_all")} == {"float16"}
+
+
+def test_kv_dtype_and_unsplit_attention_options(cfg06):
+    g = lower(trace(cfg06, "decode"), LowerOptions("float16", 256, 32, kv_dtype="float32", attention_splits=1))
+    assert len(g.by_op("attention")) == 28 and not g.by_op("attention_partial")
+    assert g["cache_v.3"].dtype == g["layers.3.v_all"].dtype == "float32"
+    p = lower(trace(cfg06, "prefill"), LowerOptions("float16", 256, 32))
+    assert not p.by_op("attention_partial")  # prefill keeps its batched GEMMs
+    assert p["layers.0.qk"].op == "matmul" and p["layers.0.k_all"].dtype == "float16"
 
 
 def test_compile_qwen06b_and_dump(qwen06b, tmp_path):

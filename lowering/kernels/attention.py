@@ -1,25 +1,45 @@
-"""Fused decode attention over the KV cache: ``softmax(q k^T * scale) v`` for one query row.
+"""Decode attention over the KV cache: ``softmax(q k^T * scale) v`` for one query row per head.
 
 Explicitly scheduled TIR (no dlight rule covers a reduction, a softmax and a second reduction in
-one kernel). One workgroup per query head; its kv head is ``h // group`` (GQA without copies).
-The cache is walked in chunks of ``threads * per_thread`` positions with an online softmax (fewer
-chunks: fewer barriers): each thread scores ``per_thread`` positions (a vec4 dot product over the
-head dim, q kept in shared memory), the workgroup
-reduces the chunk's max and sum, then each thread accumulates one vec4 lane of the output over a
-strided subset of the chunk's positions (consecutive threads read consecutive vec4s of a V row:
-coalesced; unrolled, so the loads overlap), and the position groups are summed at the end. The
-running max/sum rescale the accumulator, so any cache length works with fixed shared memory.
-With one query at position ``total - 1`` every cached position is visible: causal by construction.
+one kernel). Flash-decoding: the cache positions ``0..total`` are cut into splits of ``chunk``
+positions (``ir.ops.attention_split``: the split count grows with ``total`` up to
+``max_splits``), one workgroup per (split, kv head), so a long context fills the GPU instead of
+running one workgroup per head. The last split's workgroup also writes the empty state into the
+record slots past it, so the combine merges all ``max_splits`` slots without knowing the count. A
+workgroup serves every query head of its GQA group (head ``kv * group + g``), so each K/V row is
+read once for the whole group, not ``group`` times.
+
+Inside a workgroup the split is walked in tiles of ``threads * per_thread`` positions with an
+online softmax: each thread scores ``per_thread`` positions (a vec4 dot product over the head dim
+per query head, q kept in shared memory), the workgroup reduces the tile's max and sum per head,
+then each thread accumulates one vec4 lane of every head's output over a strided subset of the
+tile's positions (consecutive threads read consecutive vec4s of a V row: coalesced; unrolled, so
+the loads overlap), and the position groups are summed at the end. The workgroup writes its
+split's partial ``(unnormalized output, max, sum)``; ``attention_combine`` (a second, tiny kernel:
+one workgroup per query head) merges the partials with the usual rescaling. The unsplit form (one
+split covering the whole cache, ``attention``) normalizes in place and needs no combine.
+
+K/V are read in the cache's dtype (f16 or f32) and accumulated in f32. With one query at position
+``total - 1`` every cached position is visible: causal by construction.
 """
+
+from collections.abc import Callable
 
 from tvm import tirx
 from tvm.script import tirx as T
 
 from ir.graph import Graph, Node
-from lowering.kernels.common import bytes_expr, shape_key
+from ir.ops import EMPTY_MAX, SPLIT_STATS
+from lowering.kernels.common import DTYPE_BYTES, bytes_expr, shape_key
 from lowering.kernels.elementwise import rope_tables
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
-from lowering.kernels.tir_reduce import tree_reduce
+
+SHARED_BYTES = 16384  # WebGPU's default maxComputeWorkgroupStorageSize: every adapter has it
+# (threads, positions per thread) schedules, the default first; runtime.tune picks on the device.
+# Split tiles are short (a split is ~64-128 positions): one position per thread; the unsplit walk
+# over the whole cache takes long tiles (fewer barriers per position).
+SPLIT_VARIANTS: tuple[tuple[int, int], ...] = ((128, 1), (64, 1), (64, 2))
+WHOLE_VARIANTS: tuple[tuple[int, int], ...] = ((128, 4), (128, 1), (64, 2))
 
 
 def _flushed_exp(x):
@@ -30,106 +50,198 @@ def _flushed_exp(x):
     return T.if_then_else(x < T.float32(-32), T.float32(0), T.exp(T.max(x, T.float32(-32))))
 
 
-def supports(head_dim: int) -> bool:
-    """vec4 rows (and vec4 halves for the RoPE prologue), and a power-of-two number of vec4 lanes
-    so the lanes tile the workgroup."""
+def supports(head_dim: int, group: int = 1) -> bool:
+    """vec4 rows (and vec4 halves for the RoPE prologue), a power-of-two number of vec4 lanes so
+    the lanes tile the workgroup, and the GQA group's shared state within the workgroup storage
+    limit for at least one schedule."""
     hd4 = head_dim // 4
-    return head_dim % 8 == 0 and hd4 & (hd4 - 1) == 0 and head_dim <= 512
+    return (head_dim % 8 == 0 and hd4 & (hd4 - 1) == 0 and head_dim <= 512
+            and any(_fits(head_dim, group, t, p) for t, p in SPLIT_VARIANTS))
 
 
-def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads: int, per_thread: int,
-                    q_norm: tuple[float, str] | None = None):
+def _shared_bytes(hd: int, group: int, threads: int, per_thread: int) -> int:
+    # q (vec4 per lane per head) + tile weights + two reduction buffers (threads and threads / 2
+    # values per head) + output lanes (vec4), 4 bytes a value
+    return 4 * (group * hd + group * threads * per_thread + group * threads * 3 // 2 + 4 * threads)
+
+
+def _fits(hd: int, group: int, threads: int, per_thread: int) -> bool:
+    return hd // 4 <= threads and _shared_bytes(hd, group, threads, per_thread) <= SHARED_BYTES
+
+
+@T.macro
+def _reduce_rows(src, dst, tx, half: int, rows: int, take_max: bool, again):
+    """Tree-reduce every row of ``src`` [rows, 2 * half] at once: the sum (or max) of row ``r``
+    ends in ``[r, 0]`` of ``_reduced(src, dst, half)``. One halving per barrier for all rows (the
+    barrier count does not grow with the GQA group); every thread must call it. The halvings
+    ping-pong between two buffers: TVM's sync planner sees a shared buffer as a whole, so rows
+    updated in place one after another would need a barrier inside the thread condition.
+    ``again`` is this macro itself (a macro does not see its own name when it is expanded)."""
+    if tx < half:
+        for r in T.unroll(rows):
+            if take_max:
+                dst[r, tx] = T.max(src[r, tx], src[r, tx + half])
+            else:
+                dst[r, tx] = src[r, tx] + src[r, tx + half]
+    T.tvm_storage_sync("shared")
+    if half > 1:
+        again(dst, src, tx, half // 2, rows, take_max, again)
+
+
+def _reduced(src, dst, threads: int):
+    """The buffer ``_reduce_rows(src, dst, tx, threads // 2, ...)`` leaves its result in."""
+    return dst if (threads.bit_length() - 1) % 2 else src
+
+
+def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype: str, threads: int,
+                    per_thread: int, q_norm: tuple[float, str] | None, split: tuple[int, int] | None):
     """``q_norm=(eps, weight dtype)``: q arrives raw from its projection; the prologue applies
     Qwen3's per-head q RMSNorm and RoPE at position total - 1 (tables as vec4: rotate-half pairs
-    element d with d + hd/2, i.e. vec4 lane i with i + hd/8)."""
+    element d with d + hd/2, i.e. vec4 lane i with i + hd/8), and folds in the softmax scale.
+    ``split=(unit, max_splits)``: flash-decoding partials into ``O`` [heads, max_splits, hd + 8]
+    (``ir.ops.SPLIT_STATS``); None: one split covering the cache (capacity ``ctx``, so the
+    chunk formula gives one workgroup per kv head), normalized output ``O`` [1, heads, 1, hd]."""
     group = nh // nkv
     hd4 = hd // 4
     h4 = hd4 // 2
     prologue = q_norm is not None
     eps, gdtype = q_norm or (0.0, "float32")
-    chunk = threads * per_thread  # cache positions per step of the walk
+    tile = threads * per_thread  # cache positions per step of the walk
     groups = threads // hd4  # PV: thread = (position group, vec4 lane of the head dim)
-    neg = -3.0e38  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
+    final = split is None
+    unit, smax = split or (ctx, 1)
+    span = unit * smax
+    kvec = f"{kv_dtype}x4"
+    rec = hd4 + SPLIT_STATS // 4  # vec4s of one split's record
+    out_shape = (1, nh, 1, hd4) if final else (nh, smax, rec)
+    clear_steps = (smax * rec + threads - 1) // threads
+    neg = EMPTY_MAX  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
 
     @T.prim_func(private=True)
-    def attention(Q: T.Buffer((1, nh, 1, hd4), "float32x4"), K: T.Buffer((nkv, ctx, hd4), "float32x4"),
-                  V: T.Buffer((nkv, ctx, hd4), "float32x4"), G: T.Buffer((hd4,), dtype=f"{gdtype}x4"),
+    def attention(Q: T.Buffer((1, nh, 1, hd4), "float32x4"), K: T.Buffer((nkv, ctx, hd4), kvec),
+                  V: T.Buffer((nkv, ctx, hd4), kvec), G: T.Buffer((hd4,), dtype=f"{gdtype}x4"),
                   COS: T.Buffer((ctx, max(h4, 1)), "float32x4"), SIN: T.Buffer((ctx, max(h4, 1)), "float32x4"),
-                  O: T.Buffer((1, nh, 1, hd4), "float32x4"), total: T.int32):
-        for h in T.thread_binding(nh, thread="blockIdx.x"):
-            for tx in T.thread_binding(threads, thread="threadIdx.x"):
-                q_sh = T.alloc_buffer((hd4,), "float32x4", scope="shared")
-                p_sh = T.alloc_buffer((chunk,), "float32", scope="shared")
-                red = T.alloc_buffer((threads,), "float32", scope="shared")
-                o_sh = T.alloc_buffer((threads,), "float32x4", scope="shared")
-                st = T.alloc_buffer((5,), "float32", scope="local")  # m, l, local max/sum, m_new, alpha
-                sc = T.alloc_buffer((per_thread,), "float32", scope="local")  # this thread's scores
-                acc = T.alloc_buffer((1,), "float32x4", scope="local")
-                if prologue:
-                    red[tx] = T.float32(0)
+                  O: T.Buffer(out_shape, "float32x4"), total: T.int32):
+        # splits of `chunk` positions (a multiple of `unit`), at most `smax` of them: ir.ops.attention_split
+        chunk = T.meta_var((total + span - 1) // span * unit)
+        for s in T.thread_binding((total + chunk - 1) // chunk, thread="blockIdx.x"):
+            for kh in T.thread_binding(nkv, thread="blockIdx.y"):
+                for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                    q_sh = T.alloc_buffer((group, hd4), "float32x4", scope="shared")
+                    p_sh = T.alloc_buffer((group, tile), "float32", scope="shared")
+                    red = T.alloc_buffer((group, threads), "float32", scope="shared")
+                    red2 = T.alloc_buffer((group, threads // 2), "float32", scope="shared")
+                    reduced = T.meta_var(_reduced(red, red2, threads))  # where _reduce_rows leaves row results
+                    o_sh = T.alloc_buffer((threads,), "float32x4", scope="shared")
+                    m = T.alloc_buffer((group,), "float32", scope="local")  # running max per head
+                    lsum = T.alloc_buffer((group,), "float32", scope="local")  # running sum per head
+                    mnew = T.alloc_buffer((group,), "float32", scope="local")
+                    tmp = T.alloc_buffer((1,), "float32", scope="local")
+                    sc = T.alloc_buffer((group, per_thread), "float32", scope="local")  # this thread's scores
+                    acc = T.alloc_buffer((group,), "float32x4", scope="local")
+                    kv4 = T.alloc_buffer((1,), "float32x4", scope="local")
+                    start = T.meta_var(s * chunk)
+                    end = T.meta_var(T.min(start + chunk, total))
+                    # q of every head of the group -> shared (normalized, rotated, scaled)
                     if tx < hd4:
-                        acc[0] = Q[0, h, 0, tx]
-                        red[tx] = T.call_pure_extern("float32", "dot", acc[0], acc[0])
-                    T.tvm_storage_sync("shared")
-                    tree_reduce(red, tx, threads, False)
+                        for g in T.unroll(group):
+                            acc[g] = Q[0, kh * group + g, 0, tx]
+                    if prologue:
+                        for g in T.unroll(group):
+                            red[g, tx] = T.float32(0)
+                            if tx < hd4:
+                                red[g, tx] = T.call_pure_extern("float32", "dot", acc[g], acc[g])
+                        T.tvm_storage_sync("shared")
+                        _reduce_rows(red, red2, tx, threads // 2, group, False, _reduce_rows)
+                        if tx < hd4:
+                            for g in T.unroll(group):
+                                q_sh[g, tx] = acc[g] * T.Cast("float32x4", G[tx]) * T.Broadcast(
+                                    T.rsqrt(reduced[g, 0] / T.float32(hd) + T.float32(eps)), 4)
+                        T.tvm_storage_sync("shared")
+                        if tx < hd4:
+                            for g in T.unroll(group):
+                                acc[g] = q_sh[g, tx] * COS[total - 1, tx % h4] + T.if_then_else(
+                                    tx < h4, -q_sh[g, T.min(tx + h4, hd4 - 1)], q_sh[g, T.max(tx - h4, 0)]
+                                ) * SIN[total - 1, tx % h4]
+                        T.tvm_storage_sync("shared")
                     if tx < hd4:
-                        q_sh[tx] = acc[0] * T.Broadcast(T.rsqrt(red[0] / T.float32(hd) + T.float32(eps)), 4) * T.Cast(
-                            "float32x4", G[tx])
+                        for g in T.unroll(group):
+                            q_sh[g, tx] = acc[g] * T.Broadcast(T.float32(scale), 4)
+                    for g in T.unroll(group):
+                        m[g] = T.float32(neg)
+                        lsum[g] = T.float32(0)
+                        acc[g] = T.Broadcast(T.float32(0), 4)
                     T.tvm_storage_sync("shared")
-                    if tx < hd4:
-                        acc[0] = q_sh[tx] * COS[total - 1, tx % h4] + T.if_then_else(
-                            tx < h4, -q_sh[T.min(tx + h4, hd4 - 1)], q_sh[T.max(tx - h4, 0)]) * SIN[total - 1, tx % h4]
-                    T.tvm_storage_sync("shared")
-                    if tx < hd4:
-                        q_sh[tx] = acc[0]
-                else:
-                    if tx < hd4:
-                        q_sh[tx] = Q[0, h, 0, tx]
-                st[0] = T.float32(neg)
-                st[1] = T.float32(0)
-                acc[0] = T.Broadcast(T.float32(0), 4)
-                T.tvm_storage_sync("shared")
-                for c in range((total + chunk - 1) // chunk):
-                    # scores: thread tx <- positions c * chunk + p * threads + tx
-                    st[2] = T.float32(neg)
-                    for p in T.unroll(per_thread):
-                        sc[p] = T.float32(neg)
-                        if c * chunk + p * threads + tx < total:
-                            sc[p] = T.float32(0)
-                            for i in T.unroll(hd4):
-                                sc[p] = sc[p] + T.call_pure_extern("float32", "dot", q_sh[i],
-                                                                   K[h // group, c * chunk + p * threads + tx, i])
-                            sc[p] = sc[p] * T.float32(scale)
-                        st[2] = T.max(st[2], sc[p])
-                    red[tx] = st[2]
-                    T.tvm_storage_sync("shared")
-                    tree_reduce(red, tx, threads, True)
-                    st[3] = T.max(st[0], red[0])
-                    T.tvm_storage_sync("shared")
-                    st[2] = T.float32(0)
-                    for p in T.unroll(per_thread):
-                        p_sh[p * threads + tx] = _flushed_exp(sc[p] - st[3])
-                        st[2] = st[2] + p_sh[p * threads + tx]
-                    red[tx] = st[2]
-                    T.tvm_storage_sync("shared")
-                    tree_reduce(red, tx, threads, False)
-                    st[4] = _flushed_exp(st[0] - st[3])
-                    st[1] = st[1] * st[4] + red[0]
-                    st[0] = st[3]
-                    # PV: lane tx % hd4 of positions tx // hd4, + groups, ... of this chunk
-                    acc[0] = acc[0] * T.Broadcast(st[4], 4)
-                    for jo in range(T.min(chunk, total - c * chunk + groups * 4 - 1) // (groups * 4)):
-                        for ji in T.unroll(4):
-                            if c * chunk + (jo * 4 + ji) * groups + tx // hd4 < total:
-                                acc[0] = acc[0] + T.Broadcast(p_sh[(jo * 4 + ji) * groups + tx // hd4], 4) * V[
-                                    h // group, c * chunk + (jo * 4 + ji) * groups + tx // hd4, tx % hd4]
-                    T.tvm_storage_sync("shared")
-                o_sh[tx] = acc[0]
-                T.tvm_storage_sync("shared")
-                if tx < hd4:
-                    for g2 in range(1, groups):
-                        acc[0] = acc[0] + o_sh[g2 * hd4 + tx]
-                    O[0, h, 0, tx] = acc[0] / T.Broadcast(st[1], 4)
+                    for c in range((end - start + tile - 1) // tile):
+                        # scores: thread tx <- positions start + c * tile + p * threads + tx
+                        for p in T.unroll(per_thread):
+                            for g in T.unroll(group):
+                                sc[g, p] = T.float32(neg)
+                            if start + c * tile + p * threads + tx < end:
+                                for g in T.unroll(group):
+                                    sc[g, p] = T.float32(0)
+                                for i in T.unroll(hd4):
+                                    kv4[0] = T.Cast("float32x4", K[kh, start + c * tile + p * threads + tx, i])
+                                    for g in T.unroll(group):
+                                        sc[g, p] = sc[g, p] + T.call_pure_extern("float32", "dot", q_sh[g, i], kv4[0])
+                        for g in T.unroll(group):
+                            tmp[0] = T.float32(neg)
+                            for p in T.unroll(per_thread):
+                                tmp[0] = T.max(tmp[0], sc[g, p])
+                            red[g, tx] = tmp[0]
+                        T.tvm_storage_sync("shared")
+                        _reduce_rows(red, red2, tx, threads // 2, group, True, _reduce_rows)
+                        for g in T.unroll(group):
+                            mnew[g] = T.max(m[g], reduced[g, 0])
+                        T.tvm_storage_sync("shared")
+                        for g in T.unroll(group):
+                            tmp[0] = T.float32(0)
+                            for p in T.unroll(per_thread):
+                                p_sh[g, p * threads + tx] = _flushed_exp(sc[g, p] - mnew[g])
+                                tmp[0] = tmp[0] + p_sh[g, p * threads + tx]
+                            red[g, tx] = tmp[0]
+                        T.tvm_storage_sync("shared")
+                        _reduce_rows(red, red2, tx, threads // 2, group, False, _reduce_rows)
+                        for g in T.unroll(group):
+                            tmp[0] = _flushed_exp(m[g] - mnew[g])
+                            lsum[g] = lsum[g] * tmp[0] + reduced[g, 0]
+                            m[g] = mnew[g]
+                            acc[g] = acc[g] * T.Broadcast(tmp[0], 4)
+                        # PV: lane tx % hd4 of positions tx // hd4, + groups, ... of this tile
+                        for jo in range((T.min(tile, end - start - c * tile) + groups * 4 - 1) // (groups * 4)):
+                            for ji in T.unroll(4):
+                                if start + c * tile + (jo * 4 + ji) * groups + tx // hd4 < end:
+                                    kv4[0] = T.Cast("float32x4", V[kh, start + c * tile + (jo * 4 + ji) * groups
+                                                                   + tx // hd4, tx % hd4])
+                                    for g in T.unroll(group):
+                                        acc[g] = acc[g] + T.Broadcast(p_sh[g, (jo * 4 + ji) * groups + tx // hd4],
+                                                                      4) * kv4[0]
+                        T.tvm_storage_sync("shared")
+                    # per head: sum the position groups' lanes, then the output (or the split's partial)
+                    for g in T.unroll(group):
+                        o_sh[tx] = acc[g]
+                        T.tvm_storage_sync("shared")
+                        if tx < hd4:
+                            kv4[0] = o_sh[tx]
+                            for g2 in range(1, groups):
+                                kv4[0] = kv4[0] + o_sh[g2 * hd4 + tx]
+                            if final:
+                                O[0, kh * group + g, 0, tx] = kv4[0] / T.Broadcast(lsum[g], 4)
+                            else:
+                                O[kh * group + g, s, tx] = kv4[0]
+                                if tx == 0:
+                                    O[kh * group + g, s, hd4] = T.Broadcast(m[g], 4)
+                                    O[kh * group + g, s, hd4 + 1] = T.Broadcast(lsum[g], 4)
+                        T.tvm_storage_sync("shared")
+                    if not final:  # the last split's workgroup writes the empty state into the slots past it
+                        if start + chunk >= total:
+                            for g in T.unroll(group):
+                                for j in range(clear_steps):
+                                    slot = T.meta_var((j * threads + tx) // rec)
+                                    lane = T.meta_var((j * threads + tx) % rec)
+                                    if j * threads + tx < smax * rec and slot > s:
+                                        O[kh * group + g, slot, lane] = T.if_then_else(
+                                            lane == hd4, T.Broadcast(T.float32(neg), 4), T.Broadcast(T.float32(0), 4))
 
     if prologue:
         return attention
@@ -138,32 +250,90 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, threads:
                          attention.ret_type, attention.attrs)
 
 
-@generator("attention")
-def attention(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+def _combine_func(nh: int, hd: int, smax: int):
+    """Merge the splits' partials of each head: ``M = max m_s``, ``w_s = exp(m_s - M)``,
+    ``out = sum w_s o_s / sum w_s l_s``. One workgroup per query head, one thread per vec4 lane;
+    the stats are stored broadcast over a vec4, so the whole merge is vec4 arithmetic. It merges
+    all ``smax`` slots, the empty ones included (their weight ``exp(EMPTY_MAX - M)`` is 0), so no
+    loop bound or branch depends on the step's split count: computed from ``total`` alone (a
+    division by the run-time chunk), lavapipe would inline it and recompile the shader per step
+    (DESIGN.md), and a constant-count loop guarded by it becomes such a branch once unrolled."""
+    hd4 = hd // 4
+
+    @T.prim_func(private=True)
+    def combine(P: T.Buffer((nh, smax, hd4 + SPLIT_STATS // 4), "float32x4"),
+                O: T.Buffer((1, nh, 1, hd4), "float32x4")):
+        for h in T.thread_binding(nh, thread="blockIdx.x"):
+            for tx in T.thread_binding(hd4, thread="threadIdx.x"):
+                mx = T.alloc_buffer((1,), "float32x4", scope="local")
+                w = T.alloc_buffer((1,), "float32x4", scope="local")
+                acc = T.alloc_buffer((2,), "float32x4", scope="local")  # output, sum
+                mx[0] = P[h, 0, hd4]
+                for s in range(1, smax):
+                    mx[0] = T.max(mx[0], P[h, s, hd4])
+                acc[0] = T.Broadcast(T.float32(0), 4)
+                acc[1] = T.Broadcast(T.float32(0), 4)
+                for s in range(smax):
+                    w[0] = T.exp(P[h, s, hd4] - mx[0])
+                    acc[0] = acc[0] + P[h, s, tx] * w[0]
+                    acc[1] = acc[1] + P[h, s, hd4 + 1] * w[0]
+                O[0, h, 0, tx] = acc[0] / acc[1]
+
+    return combine
+
+
+def _schedules(variants: tuple[tuple[int, int], ...], hd: int, group: int,
+               build: Callable[[int, int], Callable[[], object]], what: str) -> list[tuple[str, Callable[[], object]]]:
+    out = [(f"attention-{what}(threads={t},positions/thread={p})", build(t, p))
+           for t, p in variants if _fits(hd, group, t, p)]
+    if not out:
+        raise KeyError(f"no attention schedule fits head_dim {hd} with GQA group {group}")
+    return out
+
+
+def _attention_spec(node: Node, g: Graph, opts: LowerOptions, split: tuple[int, int] | None) -> KernelSpec:
     q, k_view, v_view = (g[i] for i in node.inputs[:3])
     kc, vc = g[k_view.inputs[0]], g[v_view.inputs[0]]
-    _, nh, m, hd = node.shape
-    nkv = kc.shape[0]
-    if m != 1 or not supports(hd):
-        raise KeyError("fused attention needs one query row and a supported head_dim")
-    threads, per_thread = 128, 4
+    nkv, _, hd = kc.shape
+    nh = nkv * int(node.attrs.get("gqa_group", 1))
+    group = nh // nkv
+    if not supports(hd, group):
+        raise KeyError("fused attention needs a supported head_dim")
     ctx, scale = opts.max_context, float(node.attrs["scale"])
-    name = f"attention-decode(threads={threads},positions/thread={per_thread})"
-
     eps = node.attrs.get("q_norm_eps")
-    q_norm, extra = None, []
+    q_norm, extra, what = None, [], "split" if split else "whole"
     if eps is not None:
         w = g[node.inputs[3]]
         q_norm = (float(eps), w.dtype)
         extra = [w.name, *rope_tables(node.attrs["rope"], hd, ctx)]
-        name += "+q_norm+rope"
-
-    def build():
-        return _attention_func(nh, nkv, hd, ctx, scale, threads, per_thread, q_norm)
-
-    kv_bytes = f"2*4*{nkv}*total*{hd}"
+        what += "+q_norm+rope"
+    variants = _schedules(SPLIT_VARIANTS if split else WHOLE_VARIANTS, hd, group, lambda t, p: lambda: _attention_func(
+        nh, nkv, hd, ctx, scale, kc.dtype, t, p, q_norm, split), what)
+    kv_bytes = f"2*{DTYPE_BYTES[kc.dtype]}*{nkv}*total*{hd}"
     args = [q.name, kc.name, vc.name, *extra, node.name]
-    return KernelSpec(f"attention:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{extra[1:]}", "attention",
-                      build, args, [len(args) - 1],
-                      flops=f"4*{nh}*total*{hd}", bytes=f"{bytes_expr([q, node], ctx)} + {kv_bytes}",
-                      variants=[(name, build)])
+    return KernelSpec(f"{node.op}:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{extra[1:]}:{split}", "attention",
+                      variants[0][1], args, [len(args) - 1], flops=f"4*{nh}*total*{hd}",
+                      bytes=f"{bytes_expr([q, node], ctx)} + {kv_bytes}", variants=variants)
+
+
+@generator("attention")
+def attention(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    """Unsplit: one workgroup per kv head walks the whole cache (no combine dispatch)."""
+    if node.shape[2] != 1:
+        raise KeyError("fused attention needs one query row")
+    return _attention_spec(node, g, opts, None)
+
+
+@generator("attention_partial")
+def attention_partial(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    return _attention_spec(node, g, opts, (int(node.attrs["split_unit"]), int(node.attrs["max_splits"])))
+
+
+@generator("attention_combine")
+def attention_combine(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    p = g[node.inputs[0]]
+    nh, smax, width = p.shape
+    build = lambda: _combine_func(nh, width - SPLIT_STATS, smax)  # noqa: E731
+    return KernelSpec(f"attention_combine:{shape_key(p)}", "attention", build, [p.name, node.name], [1],
+                      flops=f"6*{nh}*{width}*{smax}", bytes=bytes_expr([p, node], 0),
+                      variants=[("attention-combine", build)])

@@ -23,7 +23,7 @@ from tvm.script import tirx as T
 
 from common.weight_format import of_dtype
 from ir.graph import Graph, Node
-from lowering.kernels.common import bytes_expr
+from lowering.kernels.common import DTYPE_BYTES, bytes_expr
 from lowering.kernels.quant import WeightRead, weight_args
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 
@@ -48,8 +48,8 @@ def schedules(n: int, k: int, wdtype: str, residual: bool = False, **fusions) ->
 
 def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, norm_eps: float | None = None,
               swiglu: bool = False, kv_cache: tuple[int, int, int] | None = None,
-              segments: tuple[int, int, int] | None = None, gdtype: str | None = None,
-              words: int = 1) -> Callable[[], object]:
+              segments: tuple[int, int, int] | None = None, kv_dtype: str = "float32",
+              gdtype: str | None = None, words: int = 1) -> Callable[[], object]:
     """A builder of the scheduled PrimFunc (built lazily: TVMScript parsing costs ~20 ms).
 
     ``wdtype``: the weights' graph dtype (float16 | float32 | q8 | q4); a quantized weight is two
@@ -66,6 +66,7 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
     and row ``r`` is stored at ``[r // head_dim, total - 1, r % head_dim]`` (the V projection
     writes the cache itself). ``segments=(nq, nk, nv)``: rows come from three weights (W, U, X),
     the output is packed [q | k | v] and the v rows also go to the ``kv_cache`` (QKV in one dispatch).
+    ``kv_dtype``: the cache's element type (rows are rounded to it once, at the store).
     """
     if k % 4:
         raise ValueError("vec4 GEMV needs K divisible by 4")
@@ -86,6 +87,7 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
     av = rw.unit_values // 4  # activation vec4s per step
     steps = (ku + tr - 1) // tr
     csize = kvh * ctx * hd if to_cache and not seg else n
+    cdtype = kv_dtype if to_cache and not seg else "float32"
 
     def build():
         @T.prim_func(private=True)
@@ -93,8 +95,8 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
                  WS: T.Buffer((rw.scale_len,), "float16"), U: T.Buffer((n2, ku), dtype=unit),
                  US: T.Buffer((ru.scale_len,), "float16"), X: T.Buffer((n3, ku), dtype=unit),
                  XS: T.Buffer((rx.scale_len,), "float16"), G: T.Buffer((k4,), dtype=f"{gdtype}x4"),
-                 R: T.Buffer((1, n), "float32"), C: T.Buffer((csize,), "float32"),
-                 KV: T.Buffer((kvh * ctx * hd,), "float32"), total: T.int32):
+                 R: T.Buffer((1, n), "float32"), C: T.Buffer((csize,), dtype=cdtype),
+                 KV: T.Buffer((kvh * ctx * hd,), dtype=kv_dtype), total: T.int32):
             for bx in T.thread_binding((n + ts - 1) // ts, thread="blockIdx.x"):
                 for ty in T.thread_binding(ts, thread="threadIdx.y"):
                     for tx in T.thread_binding(tr, thread="threadIdx.x"):
@@ -166,12 +168,13 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, ts: int, tr: int, nor
                             if residual:
                                 acc[0] = acc[0] + R[0, bx * ts + ty]
                             if to_cache and not seg:
-                                C[(bx * ts + ty) // hd * ctx * hd + (total - 1) * hd + (bx * ts + ty) % hd] = acc[0]
+                                C[(bx * ts + ty) // hd * ctx * hd + (total - 1) * hd + (bx * ts + ty) % hd] = T.Cast(
+                                    cdtype, acc[0])
                             else:
-                                C[bx * ts + ty] = acc[0]
+                                C[bx * ts + ty] = T.Cast(cdtype, acc[0])
                             if seg and bx * ts + ty >= n1 + n2:
                                 KV[(bx * ts + ty - n1 - n2) // hd * ctx * hd + (total - 1) * hd
-                                   + (bx * ts + ty - n1 - n2) % hd] = acc[0]
+                                   + (bx * ts + ty - n1 - n2) % hd] = T.Cast(kv_dtype, acc[0])
 
         # drop the params this variant never reads (each param is a binding)
         unused = {name for name, used in (("U", swiglu or seg), ("X", seg), ("G", norm), ("R", residual),
@@ -215,12 +218,13 @@ def kv_write_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     gdtype = _norm_dtype(g, node, 3, eps)
     ctx = opts.max_context
     kv = (cache.shape[0], ctx, cache.shape[2])
-    key = f"kv_write_gemv:{n}x{k}:{w.dtype}:norm{eps}:{gdtype}:{kv}"
-    variants = schedules(n, k, w.dtype, norm_eps=eps, kv_cache=kv, gdtype=gdtype)
+    key = f"kv_write_gemv:{n}x{k}:{w.dtype}:norm{eps}:{gdtype}:{kv}:{cache.dtype}"
+    variants = schedules(n, k, w.dtype, norm_eps=eps, kv_cache=kv, kv_dtype=cache.dtype, gdtype=gdtype)
     ins = node.inputs[1:]
     args = _args(g, ins)
     return KernelSpec(key, "gemv", variants[0][1], [*args, cache.name], [len(args)], flops=f"2*{n}*{k}",
-                      bytes=bytes_expr([*(g[i] for i in ins)], ctx) + f" + 4*{n}", variants=variants)
+                      bytes=bytes_expr([*(g[i] for i in ins)], ctx) + f" + {DTYPE_BYTES[cache.dtype]}*{n}",
+                      variants=variants)
 
 
 @generator("qkv_gemv")
@@ -232,9 +236,11 @@ def qkv_gemv(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     ctx = opts.max_context
     kv = (cache.shape[0], ctx, cache.shape[2])
     gdtype = g[node.inputs[4]].dtype
-    key = f"qkv_gemv:{segs}x{k}:{wq.dtype}:norm{eps}:{gdtype}:{kv}"
-    variants = schedules(n, k, wq.dtype, norm_eps=eps, kv_cache=kv, segments=segs, gdtype=gdtype)
+    key = f"qkv_gemv:{segs}x{k}:{wq.dtype}:norm{eps}:{gdtype}:{kv}:{cache.dtype}"
+    variants = schedules(n, k, wq.dtype, norm_eps=eps, kv_cache=kv, segments=segs, kv_dtype=cache.dtype,
+                         gdtype=gdtype)
     # PrimFunc order: A, W (WS), U (US), X (XS), G, C (packed), KV (cache)
     args = [*_args(g, node.inputs[:5]), node.name, cache.name]
     return KernelSpec(key, "gemv", variants[0][1], args, [len(args) - 2, len(args) - 1], flops=f"2*{n}*{k}",
-                      bytes=bytes_expr([x, wq, wk, wv, node], ctx) + f" + 4*{segs[2]}", variants=variants)
+                      bytes=bytes_expr([x, wq, wk, wv, node], ctx) + f" + {DTYPE_BYTES[cache.dtype]}*{segs[2]}",
+                      variants=variants)

@@ -8,7 +8,7 @@ from tvm import te
 
 from ir.graph import Graph, Node
 from lowering.kernels import gemm, gemv
-from lowering.kernels.common import bytes_expr, dim_vars, numel_expr, placeholder, shape_key, te_shape
+from lowering.kernels.common import DTYPE_BYTES, bytes_expr, dim_vars, numel_expr, placeholder, shape_key, te_shape
 from lowering.kernels.quant import weight_args, weight_placeholders, weight_read
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
 
@@ -61,20 +61,20 @@ def _attention_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     def build():
         v = dim_vars(g)
         A = placeholder(a.shape, "float32", "A", v, ctx)
-        C = placeholder(cache.shape, "float32", "KV", v, ctx)
+        C = placeholder(cache.shape, cache.dtype, "KV", v, ctx)
         if qk:  # scores[h, m, t] = sum_d q[h, m, d] * k[h // group, t, d]
             r = te.reduce_axis((0, K), "d")
             out = te.compute(te_shape(node.shape, v, ctx), lambda b, h, m, t: te.sum(
-                A[b, h, m, r] * C[h // group, t, r], axis=r), name="S")
+                A[b, h, m, r] * C[h // group, t, r].astype("float32"), axis=r), name="S")
         else:  # out[h, m, d] = sum_t p[h, m, t] * v[h // group, t, d]
             r = te.reduce_axis((0, v["total"]), "t")
             out = te.compute(te_shape(node.shape, v, ctx), lambda b, h, m, d: te.sum(
-                A[b, h, m, r] * C[h // group, r, d], axis=r), name="O")
+                A[b, h, m, r] * C[h // group, r, d].astype("float32"), axis=r), name="O")
         return te.create_prim_func([A, C, out])
 
     key = f"matmul_attn:{'qk' if qk else 'pv'}:{shape_key(a)}x{shape_key(cache)}:g{group}"
     inner = "*".join(map(str, a.shape[3:])) if qk else "total"
-    kv_bytes = f"4*{cache.shape[0]}*total*{cache.shape[2]}"
+    kv_bytes = f"{DTYPE_BYTES[cache.dtype]}*{cache.shape[0]}*total*{cache.shape[2]}"
     return KernelSpec(key, node.attrs["kernel_class"], build, [a.name, cache.name, node.name], [2],
                       flops=f"2*{numel_expr(node.shape, ctx)}*{inner}",
                       bytes=f"{bytes_expr([a, node], ctx)} + {kv_bytes}")

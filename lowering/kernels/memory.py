@@ -8,7 +8,7 @@ from tvm.script import tirx as T
 
 from common.weight_format import of_dtype
 from ir.graph import Graph, Node
-from lowering.kernels.common import bytes_expr, dim_vars, placeholder, shape_key, te_shape
+from lowering.kernels.common import DTYPE_BYTES, bytes_expr, dim_vars, placeholder, shape_key, te_shape
 from lowering.kernels.elementwise import rope_tables
 from lowering.kernels.quant import weight_args, weight_placeholders, weight_read
 from lowering.kernels.spec import KernelSpec, LowerOptions, generator
@@ -48,31 +48,34 @@ def embedding(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
                       bytes=f"{bytes_expr([ids, node], ctx)} + seq*{row_bytes}")
 
 
-def _kv_write_func(nkv: int, ctx: int, hd: int):
-    """TIR, not TE: the cache is updated in place (TE can only produce fresh tensors)."""
+def _kv_write_func(nkv: int, ctx: int, hd: int, cdtype: str):
+    """TIR, not TE: the cache (of dtype ``cdtype``) is updated in place (TE can only produce
+    fresh tensors)."""
 
     @T.prim_func(private=True, s_tir=True)
-    def kv_write(cache: T.Buffer((nkv, ctx, hd), "float32"), var_new: T.handle, total: T.int32):
+    def kv_write(cache: T.Buffer((nkv, ctx, hd), cdtype), var_new: T.handle, total: T.int32):
         seq = T.int32()
         new = T.match_buffer(var_new, (seq, nkv, hd))
         for i, h, d in T.grid(seq, nkv, hd):
             with T.sblock("write"):
                 vi, vh, vd = T.axis.remap("SSS", [i, h, d])
-                cache[vh, total - seq + vi, vd] = new[vi, vh, vd]
+                cache[vh, total - seq + vi, vd] = T.Cast(cdtype, new[vi, vh, vd])
 
     return kv_write
 
 
-def _norm_rope_write_func(nkv: int, ctx: int, hd: int, wdtype: str, eps: float, packed: tuple[int, int] | None):
+def _norm_rope_write_func(nkv: int, ctx: int, hd: int, wdtype: str, cdtype: str, eps: float,
+                          packed: tuple[int, int] | None):
     """K rows: RMSNorm over the head dim, rotate-half RoPE at position past + s, stored into the
-    cache. One workgroup per (position, kv head), one thread per element, shared-memory sum.
+    cache (dtype ``cdtype``; computed in f32, rounded once at the store). One workgroup per
+    (position, kv head), one thread per element, shared-memory sum.
     ``packed=(offset, width)``: one decode row read from a packed [1, width] QKV output."""
     off, width = packed or (0, nkv * hd)
     threads = 1 << (hd - 1).bit_length()
     half = hd // 2
 
     @T.prim_func(private=True)
-    def norm_rope_write(cache: T.Buffer((nkv, ctx, hd), "float32"), var_new: T.handle,
+    def norm_rope_write(cache: T.Buffer((nkv, ctx, hd), cdtype), var_new: T.handle,
                         W: T.Buffer((hd,), dtype=wdtype), cos: T.Buffer((ctx, half), "float32"),
                         sin: T.Buffer((ctx, half), "float32"), total: T.int32):
         seq = T.int32()
@@ -88,11 +91,12 @@ def _norm_rope_write_func(nkv: int, ctx: int, hd: int, wdtype: str, eps: float, 
                 T.tvm_storage_sync("shared")
                 tree_reduce(red, tx, threads, False)
                 if tx < hd:
-                    cache[b % nkv, total - seq + b // nkv, tx] = T.rsqrt(red[0] / T.float32(hd) + T.float32(eps)) * (
+                    cache[b % nkv, total - seq + b // nkv, tx] = T.Cast(cdtype, T.rsqrt(
+                        red[0] / T.float32(hd) + T.float32(eps)) * (
                         xs[tx] * T.Cast("float32", W[tx]) * cos[total - seq + b // nkv, tx % half]
                         + T.if_then_else(tx < half, -xs[T.min(tx + half, hd - 1)] * T.Cast("float32", W[T.min(
                             tx + half, hd - 1)]), xs[T.max(tx - half, 0)] * T.Cast("float32", W[T.max(tx - half, 0)]))
-                        * sin[total - seq + b // nkv, tx % half])
+                        * sin[total - seq + b // nkv, tx % half]))
 
     return norm_rope_write
 
@@ -113,10 +117,16 @@ def kv_cache_write(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
         packed = None
         if node.attrs.get("packed_offset") is not None:
             packed = (int(node.attrs["packed_offset"]), int(new.shape[1]))
-        build = lambda: _norm_rope_write_func(nkv, ctx, hd, w.dtype, eps, packed)  # noqa: E731
-        return KernelSpec(f"kv_cache_write:norm_rope:{nkv}x{ctx}x{hd}:{w.dtype}:eps{eps}:{consts[0]}:{packed}",
-                          "kv_write",
-                          build, [cache.name, new.name, w.name, *consts], [0], flops=f"7*seq*{nkv}*{hd}",
-                          bytes=bytes_expr([new, new, w], ctx), variants=[("norm-rope-write", build)])
-    return KernelSpec(f"kv_cache_write:{nkv}x{ctx}x{hd}", "kv_write", lambda: _kv_write_func(nkv, ctx, hd),
-                      [cache.name, new.name], [0], bytes=bytes_expr([new, new], ctx))
+        build = lambda: _norm_rope_write_func(nkv, ctx, hd, w.dtype, cache.dtype, eps, packed)  # noqa: E731
+        return KernelSpec(f"kv_cache_write:norm_rope:{shape_key(cache)}x{ctx}:{w.dtype}:eps{eps}:{consts[0]}:{packed}",
+                          "kv_write", build, [cache.name, new.name, w.name, *consts], [0], flops=f"7*seq*{nkv}*{hd}",
+                          bytes=f"{bytes_expr([new, w], ctx)} + {_row_bytes(cache)}",
+                          variants=[("norm-rope-write", build)])
+    return KernelSpec(f"kv_cache_write:{shape_key(cache)}x{ctx}", "kv_write",
+                      lambda: _kv_write_func(nkv, ctx, hd, cache.dtype), [cache.name, new.name], [0],
+                      bytes=f"{bytes_expr([new], ctx)} + {_row_bytes(cache)}")
+
+
+def _row_bytes(cache: Node) -> str:
+    """Bytes the step's new rows take in the cache (the rest of the cache is not touched)."""
+    return f"{DTYPE_BYTES[cache.dtype]}*seq*{cache.shape[0]}*{cache.shape[2]}"

@@ -1,0 +1,73 @@
+"""Decode attention alone on the GPU, per context length: ``python benchmarks/attention_sweep.py OUT``.
+
+Times one layer's decode attention dispatches (flash-decoding partials + combine, or the unsplit
+kernel of a module compiled with ``--attention-splits 1``) with every schedule compiled into OUT,
+at several cache lengths, with timestamp queries (``runtime.microbench``: K/V rotated past the L2
+cache). ``runtime.tune`` picks schedules at a short context only; this shows how each one scales
+and what share of the memory bandwidth the cache walk reaches. Needs no weights: random K/V.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ATTENTION_OPS = ("attention", "attention_partial", "attention_combine")
+
+
+def sweep(compiled_dir: Path, totals: list[int], reps: int, adapter: str | None = None) -> None:
+    """Per total, per schedule of each attention dispatch of layer 0: time per launch, GB/s."""
+    from ir.ops import attention_split
+    from runtime.compiled import load_compiled
+    from runtime.constants import constant_nbytes
+    from runtime.device import open_device
+    from runtime.kernel import KernelProgram
+    from runtime.microbench import KernelTimer
+    from runtime.profile import cost
+
+    module = load_compiled(compiled_dir)
+    mf = module.manifest
+    dev = open_device(adapter, mf.requires)
+    plan = mf.phases["decode"]
+    ctx = mf.options.max_context
+    layer = [d for d in plan.dispatches if d.op in ATTENTION_OPS and d.node.startswith("layers.0.")]
+    graph_attrs = _attrs(compiled_dir, [d.node for d in layer])
+    print(f"{dev.name}; KV cache {mf.kv_cache.dtype}, capacity {ctx}")
+    for total in (t for t in totals if t <= ctx):
+        for d in layer:
+            sizes = [constant_nbytes(a) if a.startswith("const:") else plan.arg_bytes([a], 1, total, ctx)[0]
+                     for a in d.args]
+            moved = cost(d.bytes, 1, total)
+            at = graph_attrs[d.node]
+            split = f", {attention_split(total, at['split_unit'], at['max_splits'])[1]} splits" \
+                if "max_splits" in at else ""
+            for name in [d.kernel, *mf.kernels[d.kernel].alternates]:
+                timer = KernelTimer(dev, KernelProgram(dev.device, name, mf.kernels[name], module.wgsl[name]), sizes,
+                                    1, total)
+                t = timer.seconds(reps)
+                timer.destroy()
+                print(f"total {total:6}  {d.op:18} {mf.kernels[name].rule:52} {t * 1e6:9.1f} us "
+                      f"{moved / t / 1e9:8.1f} GB/s{split}")
+
+
+def _attrs(compiled_dir: Path, nodes: list[str]) -> dict[str, dict]:
+    from ir.serialize import from_json
+
+    g = from_json((compiled_dir / "graphs" / "decode.json").read_text())
+    return {n: g[n].attrs for n in nodes}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("compiled_dir", type=Path)
+    ap.add_argument("--totals", default="128,1024,4096,8192", help="cache lengths (comma-separated; those above "
+                    "the module's --max-context are skipped)")
+    ap.add_argument("--reps", type=int, default=50, help="launches per timed pass")
+    ap.add_argument("--adapter", help="Vulkan adapter index or name substring")
+    a = ap.parse_args()
+    sweep(a.compiled_dir, [int(x) for x in a.totals.split(",") if x], a.reps, a.adapter)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -268,12 +268,14 @@ def _combine_func(nh: int, hd: int, smax: int):
                 mx = T.alloc_buffer((1,), "float32x4", scope="local")
                 w = T.alloc_buffer((1,), "float32x4", scope="local")
                 acc = T.alloc_buffer((2,), "float32x4", scope="local")  # output, sum
+                # unrolled: the slots' loads are independent, so all of them are in flight at once
+                # (as a loop, each waited for the previous: ~20 us per layer on an H200)
                 mx[0] = P[h, 0, hd4]
-                for s in range(1, smax):
+                for s in T.unroll(1, smax):
                     mx[0] = T.max(mx[0], P[h, s, hd4])
                 acc[0] = T.Broadcast(T.float32(0), 4)
                 acc[1] = T.Broadcast(T.float32(0), 4)
-                for s in range(smax):
+                for s in T.unroll(smax):
                     w[0] = T.exp(P[h, s, hd4] - mx[0])
                     acc[0] = acc[0] + P[h, s, tx] * w[0]
                     acc[1] = acc[1] + P[h, s, hd4 + 1] * w[0]

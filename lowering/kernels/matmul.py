@@ -41,8 +41,7 @@ def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     spec = KernelSpec(key, node.attrs["kernel_class"], build, [*args, node.name], [len(args)],
                       flops=f"2*{numel_expr(node.shape, ctx)}*{K}", bytes=bytes_expr(moved, ctx))
     if spec.kclass == "gemm" and gemm.supports(K):
-        spec.variants = [("tiled-gemm(64x64 tile, 4x4 per thread, vec4)", gemm.gemm_func(w.shape[0], K, w.dtype,
-                                                                                      res is not None))]
+        spec.variants = gemm.schedules(w.shape[0], K, w.dtype, res is not None)
     if spec.kclass == "gemv" and a.shape[0] == 1 and K % 4 == 0:
         spec.variants = gemv.schedules(w.shape[0], K, w.dtype, res is not None)
     return spec

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.atomic import check_writable
     from frontend.config import default_notes, load_config
-    from lowering.kernels.spec import LowerOptions
     from lowering.module import compile_model
+    from lowering.options import LowerOptions
 
     cfg = load_config(a.model_dir)
     for note in default_notes(cfg, a.model_dir / "config.json"):

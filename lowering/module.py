@@ -45,7 +45,8 @@ from lowering.build import Kernel, build_kernel
 from lowering.errors import LoweringError
 from lowering.kernels.calibration import COPY_KERNEL, copy_spec
 from lowering.kernels.registry import spec_for
-from lowering.kernels.spec import KernelSpec, LowerOptions
+from lowering.kernels.spec import KernelSpec
+from lowering.options import LowerOptions
 from lowering.pipeline import lower
 from lowering.plan import plan_memory, storage_root
 

@@ -6,7 +6,7 @@ from common.weight_format import of_dtype
 from ir.graph import Graph, Node
 from ir.ops import LEAF_OPS, infer
 from lowering.kernels import attention as attention_kernel
-from lowering.kernels.spec import LowerOptions
+from lowering.options import LowerOptions
 from lowering.quantize import weight_dtypes
 
 

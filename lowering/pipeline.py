@@ -8,7 +8,7 @@ from ir.graph import Graph
 from ir.printer import to_text
 from ir.verify import GraphError, verify
 from lowering.classify import classify_matmuls
-from lowering.kernels.spec import LowerOptions
+from lowering.options import LowerOptions
 from lowering.passes import (
     elide_layout_transposes,
     fuse_decode_attention,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from common.weight_format import FORMATS
 from ir.graph import Graph
 from lowering.errors import LoweringError
-from lowering.kernels.spec import LowerOptions
+from lowering.options import LowerOptions
 
 QUANTIZE_CHOICES = ("none", "q8", "q4")
 

@@ -34,8 +34,8 @@ def model_dir(tmp_path_factory):
 def compiled(model_dir, tmp_path_factory):
     """``compiled(preset, model_dtype, weight_dtype, max_context, prefill_chunk, kv_dtype)`` -> module dir
     (``kv_dtype`` None: the compiler's default KV cache dtype)."""
-    from lowering.kernels.spec import LowerOptions
     from lowering.module import compile_model
+    from lowering.options import LowerOptions
 
     made: dict[tuple, object] = {}
 

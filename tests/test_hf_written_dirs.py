@@ -14,8 +14,8 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from frontend.config import load_config
-from lowering.kernels.spec import LowerOptions
 from lowering.module import compile_model
+from lowering.options import LowerOptions
 from runtime import load
 from runtime.sampling import SamplingParams
 from tests.hf_oracle import HFOracle, assert_steps_match_hf

@@ -15,8 +15,8 @@ from frontend.qwen3 import trace
 from ir.graph import Node
 from lowering.classify import classify_matmuls
 from lowering.dump import dump
-from lowering.kernels.spec import LowerOptions
 from lowering.module import compile_model
+from lowering.options import LowerOptions
 from lowering.pipeline import lower
 
 

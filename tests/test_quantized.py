@@ -21,8 +21,8 @@ import torch
 from common.errors import UserError
 from common.weight_format import FORMATS, GROUP, decode, dequantize, encode, of_dtype, pack, quantize, unpack
 from frontend.checkpoint import WeightStore
-from lowering.kernels.spec import LowerOptions
 from lowering.module import compile_model
+from lowering.options import LowerOptions
 from runtime import load, weight_cache
 from runtime.compiled import load_compiled
 from runtime.sampling import SamplingParams

@@ -32,7 +32,8 @@ from ir.graph import Graph, Node
 from ir.ops import EMPTY_MAX, SPLIT_STATS
 from lowering.kernels.common import DTYPE_BYTES, bytes_expr, shape_key
 from lowering.kernels.elementwise import rope_tables
-from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+from lowering.kernels.spec import KernelSpec, generator
+from lowering.options import LowerOptions
 
 SHARED_BYTES = 16384  # WebGPU's default maxComputeWorkgroupStorageSize: every adapter has it
 # (threads, positions per thread) schedules, the default first; runtime.tune picks on the device.

@@ -6,7 +6,8 @@ from tvm import te, tirx
 
 from ir.graph import Graph, Node
 from lowering.kernels.common import bytes_expr, dim_vars, numel_expr, placeholder, shape_key, te_shape
-from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+from lowering.kernels.spec import KernelSpec, generator
+from lowering.options import LowerOptions
 
 
 def _silu(x):

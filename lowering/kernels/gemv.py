@@ -25,7 +25,8 @@ from common.weight_format import of_dtype
 from ir.graph import Graph, Node
 from lowering.kernels.common import DTYPE_BYTES, bytes_expr
 from lowering.kernels.quant import WeightRead, weight_args
-from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+from lowering.kernels.spec import KernelSpec, generator
+from lowering.options import LowerOptions
 
 # (ts, tr): tried by the tuner; the first is the default where no tuning result exists.
 VARIANTS: tuple[tuple[int, int], ...] = ((2, 64), (4, 32), (1, 128), (4, 64), (8, 32), (1, 256), (2, 128))

@@ -10,7 +10,8 @@ from ir.graph import Graph, Node
 from lowering.kernels import gemm, gemv
 from lowering.kernels.common import DTYPE_BYTES, bytes_expr, dim_vars, numel_expr, placeholder, shape_key, te_shape
 from lowering.kernels.quant import weight_args, weight_placeholders, weight_read
-from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+from lowering.kernels.spec import KernelSpec, generator
+from lowering.options import LowerOptions
 
 
 def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:

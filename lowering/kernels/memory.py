@@ -11,8 +11,9 @@ from ir.graph import Graph, Node
 from lowering.kernels.common import DTYPE_BYTES, bytes_expr, dim_vars, placeholder, shape_key, te_shape
 from lowering.kernels.elementwise import rope_tables
 from lowering.kernels.quant import weight_args, weight_placeholders, weight_read
-from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+from lowering.kernels.spec import KernelSpec, generator
 from lowering.kernels.tir_reduce import tree_reduce
+from lowering.options import LowerOptions
 
 
 @generator("embedding")

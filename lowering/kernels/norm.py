@@ -8,7 +8,8 @@ from tvm import te
 from ir.graph import Graph, Node
 from lowering.kernels.common import bytes_expr, dim_vars, numel_expr, placeholder, shape_key, te_shape
 from lowering.kernels.elementwise import rope_tables, rotate
-from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+from lowering.kernels.spec import KernelSpec, generator
+from lowering.options import LowerOptions
 
 
 @generator("rms_norm", "rms_norm_rope")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ir.graph import Graph, Node
 from lowering.kernels import attention, elementwise, gemv, matmul, memory, norm, softmax  # noqa: F401 - registration
-from lowering.kernels.spec import GENERATORS, KernelSpec, LowerOptions
+from lowering.kernels.spec import GENERATORS, KernelSpec
+from lowering.options import LowerOptions
 
 
 def spec_for(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:

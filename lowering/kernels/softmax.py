@@ -10,7 +10,8 @@ from tvm import te, tirx
 
 from ir.graph import Graph, Node
 from lowering.kernels.common import bytes_expr, dim_vars, numel_expr, placeholder, shape_key, te_shape
-from lowering.kernels.spec import KernelSpec, LowerOptions, generator
+from lowering.kernels.spec import KernelSpec, generator
+from lowering.options import LowerOptions
 
 _LOWEST = -3.4028234663852886e38
 

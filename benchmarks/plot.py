@@ -1,0 +1,78 @@
+"""Ours beside llama.cpp at a glance: ``python benchmarks/plot.py OUT.png RESULTS.jsonl LLAMACPP.log...``
+
+Reads bench.py's results (one JSON line per metric, ``quantize`` names the format) and the
+``LLAMACPP ...`` lines that ``benchmarks/gpu_suite.sh`` logs (prefixed with ``qtype=`` and
+``prompt=``), keeps the latest value per (model, format, metric), and draws three panels per
+model size: decode tok/s after 128 tokens, decode at context 4096, prefill tok/s of 512 tokens,
+each as ours | llama.cpp bars per weight format (f16, q8, q4).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+FORMATS = {"none": "f16", "q8": "q8", "q4": "q4", "f16": "f16", "q8_0": "q8", "q4_0": "q4"}
+SIZES = {"/tmp/m-0.6b": "0.6b", "/tmp/m-1.7b": "1.7b", "/tmp/m-4b": "4b"}
+PANELS = (("decode", "decode tok/s, context 128"), ("decode4k", "decode tok/s, context 4096"),
+          ("prefill", "prefill tok/s, 512-token prompt"))
+
+
+def ours(path: Path) -> dict[tuple[str, str, str], float]:
+    names = {"decode_tok_s": "decode", "decode_ctx4096_tok_s": "decode4k", "prefill512_tok_s": "prefill"}
+    out = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("metric") in names and r.get("model") in SIZES and "H" in r.get("device", ""):
+            out[(SIZES[r["model"]], FORMATS[r.get("quantize") or "none"], names[r["metric"]])] = r["value"]
+    return out
+
+
+def llamacpp(paths: list[Path]) -> dict[tuple[str, str, str], float]:
+    out = {}
+    for p in paths:
+        for line in p.read_text().splitlines():
+            m = re.search(r"qtype=(\S+) prompt=(\d+) .*size=(\S+) .*prefill_tok_s=([\d.]+) decode_tok_s=([\d.]+)", line)
+            if not m:
+                continue
+            q, prompt, size, prefill, decode = m.groups()
+            if prompt == "4096":
+                out[(size, FORMATS[q], "decode4k")] = float(decode)
+            else:
+                out[(size, FORMATS[q], "decode")] = float(decode)
+                out[(size, FORMATS[q], "prefill")] = float(prefill)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png, results, *logs = argv
+    a, b = ours(Path(results)), llamacpp([Path(p) for p in logs])
+    sizes = sorted({k[0] for k in a}, key=lambda s: float(s[:-1]))
+    fig, axes = plt.subplots(len(sizes), len(PANELS), figsize=(13, 3.4 * len(sizes)), squeeze=False)
+    for row, size in enumerate(sizes):
+        for col, (metric, title) in enumerate(PANELS):
+            ax = axes[row][col]
+            fmts = [f for f in ("f16", "q8", "q4") if (size, f, metric) in a or (size, f, metric) in b]
+            xs = range(len(fmts))
+            ax.bar([x - 0.2 for x in xs], [a.get((size, f, metric), 0) for f in fmts], 0.4, label="qwen3-vk")
+            ax.bar([x + 0.2 for x in xs], [b.get((size, f, metric), 0) for f in fmts], 0.4, label="llama.cpp Vulkan")
+            ax.set_xticks(list(xs), fmts)
+            ax.set_title(f"Qwen3-{size} shape: {title}", fontsize=9)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=8)
+    fig.suptitle("NVIDIA H200 through Vulkan, batch 1, random weights; both in the same device call", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    print(f"wrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

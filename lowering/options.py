@@ -1,0 +1,22 @@
+"""What ``python -m frontend.compile`` lets a user choose: the options every lowering pass and
+kernel generator reads (storage formats, context capacity, prefill chunk, attention splits)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LowerOptions:
+    weight_dtype: str = "float16"  # compiled storage dtype of weights (float16 | float32)
+    max_context: int = 4096  # KV cache capacity (tokens)
+    prefill_chunk: int = 256  # longest prompt piece one prefill step takes
+    max_binding_bytes: int = 128 * 1024 * 1024  # weights above this are split (lavapipe's limit)
+    kv_dtype: str = "float16"  # KV cache storage dtype (float16 | float32); kernels accumulate in f32
+    # decode attention (flash-decoding): at most this many splits of the cache per kv head, each
+    # at least `attention_split_unit` positions; 1 = one workgroup per kv head, no combine dispatch
+    attention_splits: int = 32
+    attention_split_unit: int = 64
+    # none | q8 | q4: 2-D weights (linears, embedding) in that common.weight_format, quantized at first load
+    quantize: str = "none"
+    keep_lm_head: bool = False  # with quantize: the lm_head (and a tied embedding) stays in weight_dtype

@@ -227,8 +227,11 @@ def test_load_32_streaming_clients(server):
     t0 = time.time()
     outcomes = asyncio.run(run())
     assert time.time() - t0 < 120
-    assert set(outcomes) <= {"done", "left", "rejected"}
-    assert outcomes.count("done") >= 4 and outcomes.count("rejected") >= 1  # queue of 4: some are refused
+    # every accepted client ends as it meant to (clients 0, 4, 8, ... hang up early); which ones are
+    # accepted depends on arrival order, but a queue of 4 cannot take all 32
+    for i, o in enumerate(outcomes):
+        assert o in ({"left", "rejected"} if i % 4 == 0 else {"done", "rejected"}), (i, o)
+    assert "done" in outcomes and "rejected" in outcomes
     t0 = time.time()
     while (s := _stats(server))["running"] or s["waiting"]:
         assert time.time() - t0 < 30

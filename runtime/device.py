@@ -79,7 +79,7 @@ def check_adapter(name: str, features: set[str], limits: dict[str, int], require
     missing = [f for f in required.features if f not in features]
     if missing:
         raise UserError(f"adapter '{name}' lacks required feature(s) {missing}; recompile with --weight-dtype f32 "
-                        "to run without shader-f16")
+                        "--kv-dtype f32 and without --quantize to run without shader-f16")
     for key, need in required.limits.items():
         have = limits.get(key)
         if have is not None and have < need:

@@ -19,7 +19,6 @@ def sweep(compiled_dir: Path, totals: list[int], reps: int, adapter: str | None 
     """Per total, per schedule of each attention dispatch of layer 0: time per launch, GB/s."""
     from ir.ops import attention_split
     from runtime.compiled import load_compiled
-    from runtime.constants import constant_nbytes
     from runtime.device import open_device
     from runtime.kernel import KernelProgram
     from runtime.microbench import KernelTimer
@@ -35,8 +34,7 @@ def sweep(compiled_dir: Path, totals: list[int], reps: int, adapter: str | None 
     print(f"{dev.name}; KV cache {mf.kv_cache.dtype}, capacity {ctx}")
     for total in (t for t in totals if t <= ctx):
         for d in layer:
-            sizes = [constant_nbytes(a) if a.startswith("const:") else plan.arg_bytes([a], 1, total, ctx)[0]
-                     for a in d.args]
+            sizes = plan.arg_bytes(d.args, 1, total, ctx)
             moved = cost(d.bytes, 1, total)
             at = graph_attrs[d.node]
             split = f", {attention_split(total, at['split_unit'], at['max_splits'])[1]} splits" \

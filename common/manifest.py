@@ -113,8 +113,15 @@ class Plan:
     outputs: dict[str, str]  # output name (logits, cache_k.0, ...) -> tensor
 
     def arg_bytes(self, args: list[str], seq: int, total: int, ctx: int) -> list[int]:
-        """Byte size of each dispatch arg at these scalars (benchmarks allocate stand-ins)."""
-        return [self.tensors[a].nbytes({"seq": seq, "total": total, "ctx": ctx}) for a in args]
+        """Byte size of each dispatch arg at these scalars (benchmarks allocate stand-ins). A
+        ``const:...:<rows>x<cols>`` arg is a float32 table the runtime computes (``runtime.constants``)."""
+        dims = {"seq": seq, "total": total, "ctx": ctx}
+        return [_const_nbytes(a) if a.startswith("const:") else self.tensors[a].nbytes(dims) for a in args]
+
+
+def _const_nbytes(name: str) -> int:
+    rows, cols = (int(x) for x in name.rsplit(":", 1)[1].split("x"))
+    return 4 * rows * cols
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,8 @@ def _typed(v: Any, key: str, kind: type, path: Path) -> Any:
     if kind is float and isinstance(v, int) and not isinstance(v, bool):
         v, ok = float(v), True
     if not ok or (kind is float and not math.isfinite(v)):
-        raise UserError(f"{path}: field '{key}' must be {kind.__name__}, got {type(v).__name__} {v!r}")
+        what = "true or false" if kind is bool else kind.__name__
+        raise UserError(f"{path}: field '{key}' must be {what}, got {type(v).__name__} {v!r}")
     return v
 
 
@@ -129,9 +130,7 @@ def _rope(raw: dict[str, Any], path: Path, used: list[str]) -> Rope:
     if attention_factor is None:
         attention_factor = (_yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
                             if mscale and mscale_all_dim else _yarn_mscale(factor))
-    truncate = params.get("truncate", True)
-    if not isinstance(truncate, bool):
-        raise UserError(f"{path}: field '{where}truncate' must be true or false, got {truncate!r}")
+    truncate = _typed(params.get("truncate", True), where + "truncate", bool, path)
     return Rope("yarn", theta, float(factor), omax, opt("beta_fast") or 32.0, opt("beta_slow") or 1.0,
                 float(attention_factor), truncate)
 
@@ -176,12 +175,7 @@ def parse_config(raw: Any, path: Path) -> Qwen3Config:
     _positive(eps, "rms_norm_eps", path)
     _check_unsupported(raw, path, vals["num_hidden_layers"])
     rope = _rope(raw, path, used)
-    tie = raw.get("tie_word_embeddings")
-    if tie is None:
-        tie = HF_DEFAULTS["tie_word_embeddings"]
-        used.append("tie_word_embeddings")
-    if not isinstance(tie, bool):
-        raise UserError(f"{path}: field 'tie_word_embeddings' must be true or false, got {tie!r}")
+    tie = _field(raw, "tie_word_embeddings", bool, path, used)
     dtype = raw.get("torch_dtype") or raw.get("dtype") or "bfloat16"
     if dtype not in ("bfloat16", "float16", "float32"):
         raise UserError(f"{path}: torch_dtype {dtype!r} is not supported (expected bfloat16, float16 or float32)")

@@ -14,9 +14,3 @@ def make_constant(name: str) -> np.ndarray:
     cos, sin = tables(np.arange(ctx), int(hd), Rope.from_key(rope))
     table = cos if kind == "rope_cos" else sin
     return np.ascontiguousarray(table[:, :half])
-
-
-def constant_nbytes(name: str) -> int:
-    """Bytes of ``make_constant(name)`` (float32 [ctx, half]), without computing the table."""
-    ctx, half = (int(x) for x in name.rsplit(":", 1)[1].split("x"))
-    return 4 * ctx * half

@@ -20,7 +20,6 @@ from common.errors import UserError, cli_main
 
 def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict:
     from runtime.compiled import TUNING_FILE, load_compiled
-    from runtime.constants import constant_nbytes
     from runtime.device import open_device
     from runtime.kernel import KernelProgram
     from runtime.microbench import KernelTimer
@@ -44,8 +43,7 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
         plan = mf.phases[phase]
         seq = 1 if phase == "decode" else mf.options.prefill_chunk
         total = min(max(128, seq), ctx)
-        sizes = [constant_nbytes(a) if a.startswith("const:") else plan.arg_bytes([a], seq, total, ctx)[0]
-                 for a in d.args]
+        sizes = plan.arg_bytes(d.args, seq, total, ctx)
         moved = cost(d.bytes, seq, total)
         rows = {}
         for name in [main, *kernels[main].alternates]:

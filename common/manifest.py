@@ -25,7 +25,7 @@ from common.dtypes import DTYPE_BYTES
 from common.errors import UserError
 from common.weight_format import FORMATS, of_dtype
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 MANIFEST_FILE = "manifest.json"
 PHASES = ("prefill", "decode")
 

@@ -1,4 +1,5 @@
-"""JSON round trip of a graph (the compiled module stores its lowered graphs this way)."""
+"""JSON round trip of a graph (the compiled module stores its lowered graphs this way): per node
+its semantic ``attrs`` and, apart, its annotations (``meta``: reason, covers, ...)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def to_dict(g: Graph) -> dict[str, Any]:
         "meta": g.meta,
         "nodes": [
             {"name": n.name, "op": n.op, "inputs": n.inputs, "shape": list(n.shape), "dtype": n.dtype,
-             "attrs": n.attrs}
+             "attrs": n.attrs, "meta": n.meta}
             for n in g.nodes()
         ],
     }
@@ -26,7 +27,8 @@ def from_dict(d: dict[str, Any]) -> Graph:
         attrs = dict(nd.get("attrs", {}))
         if "shape" in attrs:
             attrs["shape"] = tuple(attrs["shape"])
-        g.add(Node(nd["name"], nd["op"], list(nd["inputs"]), tuple(nd["shape"]), nd["dtype"], attrs))
+        g.add(Node(nd["name"], nd["op"], list(nd["inputs"]), tuple(nd["shape"]), nd["dtype"], attrs,
+                   dict(nd.get("meta", {}))))
     return g
 
 

@@ -2,8 +2,9 @@
 
 The launch metadata follows TVM's own web runtime ABI (``tvm/web/src/webgpu.ts``): buffer
 bindings 0..n-1, then a uniform ``PODArgs`` struct of the scalar params plus ``packGridDimX``.
-Grid and workgroup extents come from the scheduled TIR's thread bindings, as Python expressions
-of the runtime scalars (``seq``, ``total``).
+The launch grid is read from the lowered device kernel's ``blockIdx`` ``thread_extent``
+attributes, PrimExprs converted to ``common.expr`` trees of the runtime scalars (``seq``,
+``total``); the workgroup size from the WGSL.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import tvm
+import tvm_ffi
+from tvm import tirx
+from tvm.tirx.build import split_host_device_mods, tir_to_runtime
 
+from common import expr
 from lowering.kernels.common import SCALARS, opaque_loop_extents
 from lowering.kernels.spec import KernelSpec
 from lowering.schedule import apply_rule, rules_for
 
-SCHEDULE_VERSION = "3"  # bump when the build steps here change the WGSL
+SCHEDULE_VERSION = "4"  # bump when the build steps here change the WGSL or the cached Kernel record
 _BIND_RE = re.compile(r"@binding\((\d+)\) var<storage, (read|read_write)> (\w+) : array<([\w<>]+)>")
 _POD_RE = re.compile(r"struct PODArgs \{([^}]*)\}")
 _WG_RE = re.compile(r"@workgroup_size\((\d+), (\d+), (\d+)\)")
@@ -43,7 +48,7 @@ class Kernel:
     bindings: list[dict]  # per binding slot: {"arg": index into spec.args, "write": bool, "type": "f32"}
     pod: list[str]  # scalar fields of PODArgs before packGridDimX
     workgroup: list[int]
-    grid: list[str]  # blockIdx.x, blockIdx.y, blockIdx.z extents as expressions of seq/total
+    grid: list[expr.Expr]  # blockIdx.x, blockIdx.y, blockIdx.z extents: expression trees of seq/total
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -51,29 +56,53 @@ class Kernel:
         return d
 
 
-_BINDING_RE = re.compile(r'T\.thread_binding\((.+?), thread="(blockIdx\.[xyz]|threadIdx\.[xyz])"')
-_EXTENT_OK = re.compile(r"^[\w\s+\-*/%(),]*$")
+_BINARY: dict[type, str] = {tirx.Add: "+", tirx.Sub: "-", tirx.Mul: "*", tirx.FloorDiv: "//", tirx.FloorMod: "%",
+                            tirx.Min: "min", tirx.Max: "max"}
 
 
-def _launch_extents(func) -> dict[str, str]:
-    """Extents of the thread-bound loops in the scheduled TIR, as Python expressions of seq/total
-    (TVMScript prints them in Python syntax, e.g. ``(seq + 31) // 32``)."""
-    extents: dict[str, str] = {}
-    for extent, tag in _BINDING_RE.findall(func.script()):
-        extent = re.sub(r"T\.(?:int64|int32)\(([^()]*)\)", r"\1", extent)
-        extent = extent.replace("T.min", "min").replace("T.max", "max")
-        if extent.startswith("0, "):
-            extent = extent[3:]
-        if not _EXTENT_OK.match(extent):
-            raise RuntimeError(f"launch extent {extent!r} of {tag} is not a supported expression")
-        extents.setdefault(tag, extent)
-    return extents
+def _to_expr(e: tirx.PrimExpr) -> expr.Expr:
+    """A launch extent as a ``common.expr`` tree: integer constants, the runtime scalars and the
+    integer ops of ``_BINARY`` (a cast between integer types, which NarrowDataType may leave, is
+    transparent); anything else is refused rather than guessed at."""
+    if isinstance(e, tirx.IntImm):
+        return int(e.value)
+    if isinstance(e, tirx.Var) and e.name in expr.VARS:
+        return e.name
+    if isinstance(e, tirx.Cast) and str(e.ty).startswith("int"):
+        return _to_expr(e.value)
+    op = _BINARY.get(type(e))
+    if op is None:
+        raise RuntimeError(f"launch extent {e} is not a supported expression ({type(e).__name__})")
+    return [op, _to_expr(e.a), _to_expr(e.b)]
 
 
-def _parse(spec: KernelSpec, name: str, src: str, func, rule: str) -> Kernel:
+def _launch_grid(device: tvm.IRModule, key: str) -> list[expr.Expr]:
+    """``[x, y, z]`` workgroup counts: the ``thread_extent`` of each ``blockIdx`` axis in the one
+    lowered device kernel (1 for an axis it does not bind)."""
+    funcs = list(device.functions.values())
+    if len(funcs) != 1:
+        raise RuntimeError(f"kernel {key}: expected one device function, got {len(funcs)}")
+    extents: dict[str, list[expr.Expr]] = {}
+
+    def visit(a: tirx.AttrStmt) -> None:
+        if a.attr_key == "thread_extent" and a.node.thread_tag.startswith("blockIdx."):
+            extents.setdefault(a.node.thread_tag, []).append(_to_expr(a.value))
+
+    tvm_ffi.structural_walk(funcs[0], (tirx.AttrStmt, visit))
+    grid = []
+    for axis in "xyz":
+        found = extents.get(f"blockIdx.{axis}", [1])
+        if any(e != found[0] for e in found):
+            raise RuntimeError(f"kernel {key}: blockIdx.{axis} launched with different extents {found}")
+        grid.append(found[0])
+    if grid[2] != 1:
+        raise RuntimeError(f"kernel {key}: blockIdx.z is reserved for grid folding")
+    return grid
+
+
+def _parse(spec: KernelSpec, name: str, src: str, func, rule: str, grid: list[expr.Expr]) -> Kernel:
     """Launch metadata from the WGSL and the scheduled ``func`` (whose buffer params, in order, are
     the spec's args)."""
-    extents = _launch_extents(func)
     param_names = [p.name for p in func.params if p.name not in SCALARS]
     start = src.find("enable f16;") if "enable f16;" in src else src.find("@group")
     wgsl = src[start:] if start >= 0 else src
@@ -94,9 +123,6 @@ def _parse(spec: KernelSpec, name: str, src: str, func, rule: str) -> Kernel:
         if p not in SCALARS:
             raise RuntimeError(f"kernel {spec.key}: unexpected scalar param {p!r}")
     wg = [int(x) for x in _WG_RE.search(wgsl).groups()]
-    grid = [extents.get(f"blockIdx.{a}", "1") for a in "xyz"]
-    if grid[2] != "1":
-        raise RuntimeError(f"kernel {spec.key}: blockIdx.z is reserved for grid folding")
     return Kernel(name, spec.key, spec.kclass, rule, entries[0], wgsl, bindings, pod, wg, grid)
 
 
@@ -111,6 +137,19 @@ def _pipeline() -> tuple[tvm.transform.Pass, Callable[[], tvm.transform.Pass], C
 
 _PIPELINE = "qwen3vk"
 tvm.tirx.register_tir_pipeline(_PIPELINE, _pipeline)
+
+
+def _compile(scheduled: tvm.IRModule, target: tvm.target.Target) -> tuple[str, tvm.IRModule]:
+    """WGSL source and the lowered device module of a scheduled kernel. The steps of
+    ``tvm.tirx.build`` (``tvm/tirx/build.py``: bind target, pipeline, host/device split, finalize,
+    codegen), taken one by one so the device module the WGSL is generated from is in hand."""
+    lower, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline(_PIPELINE)
+    host, devices = split_host_device_mods(lower(tirx.transform.BindTarget(target)(scheduled)))
+    if len(devices) != 1:
+        raise RuntimeError(f"expected one device module, got {len(devices)}")
+    (dev_target, device), = devices.items()
+    lib = tir_to_runtime(finalize_host()(host), {dev_target: finalize_device()(device)}, target.host)
+    return lib.imports[0].inspect_source(), device
 
 
 @contextlib.contextmanager
@@ -185,8 +224,8 @@ def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True, first_vari
                 if scheduled is None:
                     continue
                 with tvm.transform.PassContext(config={"tirx.disable_cse_tir": True}):
-                    ex = tvm.tirx.build(scheduled, target=target, pipeline=_PIPELINE)
-                kernel = _parse(spec, name, ex.imports[0].inspect_source(), scheduled[name], rule)
+                    src, device = _compile(scheduled, target)
+                kernel = _parse(spec, name, src, scheduled[name], rule, _launch_grid(device, spec.key))
                 break
             except Exception as e:  # noqa: BLE001 - a rule that cannot handle this shape: try the next
                 errors.append(f"{rule}: {str(e).strip().splitlines()[0][:160]}")

@@ -43,7 +43,9 @@ def classify(n: Node, g: Graph) -> tuple[str, str]:
 
 
 def classify_matmuls(g: Graph) -> Graph:
+    """Every matmul gets its ``kernel_class`` (an attr: the kernel generators pick by it) and the
+    ``reason`` for it (``Node.meta``: for people reading ``lowering.dump``)."""
     g = g.copy()
     for n in g.by_op("matmul"):
-        n.attrs["kernel_class"], n.attrs["reason"] = classify(n, g)
+        n.attrs["kernel_class"], n.meta["reason"] = classify(n, g)
     return g

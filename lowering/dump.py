@@ -47,14 +47,14 @@ def _rows(g: Graph, plan: Plan, kernels: dict[str, KernelInfo], seq: int) -> lis
             "name": n.name, "op": n.op, "shape": list(n.shape), "dtype": n.dtype,
             "inputs": n.inputs,
             "kernel_class": n.attrs.get("kernel_class") if n.op == "matmul" else None,
-            "fused_matmuls": n.attrs.get("fused_matmuls", []),
-            "reason": n.attrs.get("reason"),
+            "fused_matmuls": n.meta.get("fused_matmuls", []),
+            "reason": n.meta.get("reason"),
             "kernel": d.kernel if d else None,
             "schedule": k.rule if k else None,
             "grid": [expr.to_text(e) for e in k.grid] if k else None,
             "workgroup": list(k.workgroup) if k else None,
-            "covers": n.attrs.get("covers", [n.name]),
-            "split_of": n.attrs.get("split_of"),
+            "covers": n.meta.get("covers", [n.name]),
+            "split_of": n.meta.get("split_of"),
             "written_by": n.attrs.get("written_by"),  # an in-place write another node's kernel performs
             "weights": weights,
             # bytes the kernel moves per token: a decode step, or a full prefill chunk divided by its tokens

@@ -1,6 +1,16 @@
-"""Graph -> Graph passes other than classification: weight dtype, large-weight splitting, fusion."""
+"""Graph -> Graph passes other than classification: weight dtype, large-weight splitting, fusion.
+
+Each pass copies its input graph and rewrites the copy in the torch.fx way: walk the nodes, match
+a pattern, insert or ``replace`` with the fused node, and leave the pattern's other nodes to the
+``eliminate_dead_code`` at the end (until then they still count as users, so one match does not
+change what a later match in the same pass sees). What a fused node covers and why it was formed
+go into ``Node.meta`` (``covers``, ``reason``, ``fused_matmuls``, ``split_of``); ``attrs`` carry only
+what the shape rule, the reference executor and the kernel generators compute with.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from common.weight_format import of_dtype
 from ir.graph import Graph, Node
@@ -10,12 +20,14 @@ from lowering.options import LowerOptions
 from lowering.quantize import weight_dtypes
 
 
-def _users(g: Graph) -> dict[str, list[str]]:
-    users: dict[str, list[str]] = {n.name: [] for n in g.nodes()}
-    for n in g.nodes():
-        for i in n.inputs:
-            users[i].append(n.name)
-    return users
+def _only_use(g: Graph, n: Node, user: Node) -> bool:
+    """``user`` is the one node that reads ``n``, and reads it once: fusing the two into one
+    kernel loses no other reader of ``n``'s output."""
+    return [u.name for u in g.users(n)] == [user.name] and user.inputs.count(n.name) == 1
+
+
+def _is_decode(g: Graph) -> bool:
+    return g.meta.get("dims", {}).get("seq") == 1
 
 
 def set_weight_dtype(g: Graph, opts: LowerOptions) -> Graph:
@@ -50,145 +62,117 @@ def split_large_weights(g: Graph, opts: LowerOptions) -> Graph:
     """A weight larger than one storage binding (lavapipe: 128 MiB; the 0.6B embedding is 311 MB
     in f16) is split into row chunks: the embedding gathers from all chunks in one kernel, a
     matmul becomes one matmul per chunk plus a concat of their outputs."""
-    nodes: list[Node] = []
-    renamed: dict[str, str] = {}
-    existing = {n.name for n in g.nodes()}
-
-    def fresh(base: str) -> str:
-        name, i = base, 0
-        while name in existing:
-            i += 1
-            name = f"{base}_{i}"
-        existing.add(name)
-        return name
-
-    def chunk_nodes(w: Node) -> list[Node]:
-        out = []
-        for r0, r1 in _chunks(w.shape[0], w.shape[1], w.dtype, opts.max_binding_bytes):
-            out.append(Node(fresh(f"{w.name}[{r0}:{r1}]"), "weight", [], (r1 - r0, w.shape[1]), w.dtype,
-                            {**w.attrs, "rows": [r0, r1]}))
-        return out
-
+    g = g.copy()
     for n in g.nodes():
-        n = Node(n.name, n.op, [renamed.get(i, i) for i in n.inputs], n.shape, n.dtype, dict(n.attrs))
-        big = [i for i in n.inputs[1:2] if g[i].op == "weight" and len(g[i].shape) == 2
-               and of_dtype(g[i].dtype).nbytes(g[i].shape) > opts.max_binding_bytes]
-        if not big or n.op not in ("embedding", "matmul"):
-            nodes.append(n)
+        if n.op not in ("embedding", "matmul") or len(n.inputs) < 2:
             continue
-        parts = chunk_nodes(g[big[0]])
-        nodes += parts
+        w = g[n.inputs[1]]
+        if w.op != "weight" or len(w.shape) != 2 or of_dtype(w.dtype).nbytes(w.shape) <= opts.max_binding_bytes:
+            continue
+        parts = [g.insert_before(n, Node(g.fresh_name(f"{w.name}[{r0}:{r1}]"), "weight", [], (r1 - r0, w.shape[1]),
+                                         w.dtype, {**w.attrs, "rows": [r0, r1]}, dict(w.meta)))
+                 for r0, r1 in _chunks(w.shape[0], w.shape[1], w.dtype, opts.max_binding_bytes)]
         if n.op == "embedding":
-            n.inputs = [n.inputs[0], *(p.name for p in parts)]
-            nodes.append(n)
+            g.set_inputs(n, [n.inputs[0], *(p.name for p in parts)])
             continue
-        outs = []
-        for p in parts:
-            m = Node(fresh(f"{n.name}[{p.attrs['rows'][0]}:{p.attrs['rows'][1]}]"), "matmul", [n.inputs[0], p.name],
-                     (n.shape[0], p.shape[0]), n.dtype, {**n.attrs, "split_of": n.name})
-            m.attrs["reason"] = n.attrs.get("reason", "") + f"; weight split into {len(parts)} row chunks that " \
-                f"each fit one storage binding ({opts.max_binding_bytes >> 20} MiB)"
-            nodes.append(m)
-            outs.append(m.name)
-        nodes.append(Node(n.name, "concat", outs, n.shape, n.dtype, {"axis": -1}))
-    return Graph.from_nodes(g.phase, g.meta, nodes)
+        reason = n.meta.get("reason", "") + f"; weight split into {len(parts)} row chunks that each fit one " \
+            f"storage binding ({opts.max_binding_bytes >> 20} MiB)"
+        outs = [g.insert_before(n, Node(g.fresh_name(f"{n.name}[{p.attrs['rows'][0]}:{p.attrs['rows'][1]}]"),
+                                        "matmul", [n.inputs[0], p.name], (n.shape[0], p.shape[0]), n.dtype,
+                                        dict(n.attrs), {**n.meta, "split_of": n.name, "reason": reason}))
+                for p in parts]
+        g.replace(n, Node(n.name, "concat", [m.name for m in outs], n.shape, n.dtype, {"axis": -1}))
+    g.eliminate_dead_code()  # the whole weight, when no other node reads it
+    return g
 
 
 def fuse_elementwise(g: Graph) -> Graph:
     """``silu(a) * b`` -> ``silu_mul(a, b)``; ``rope(rms_norm(x, w))`` -> ``rms_norm_rope(x, w)``;
     ``x + matmul(..)`` -> matmul with a residual epilogue. Each removes a dispatch and a round trip
     of an activation through memory."""
-    users = _users(g)
-    nodes: list[Node] = []
-    alias: dict[str, str] = {}
-    dropped: set[str] = set()
+    g = g.copy()
     for n in g.nodes():
-        n = Node(n.name, n.op, [alias.get(i, i) for i in n.inputs], n.shape, n.dtype, dict(n.attrs))
-        if n.op == "rope" and g[n.inputs[0]].op == "rms_norm" and users[n.inputs[0]] == [n.name]:
-            norm = g[n.inputs[0]]
-            dropped.add(norm.name)
-            n.op, n.inputs = "rms_norm_rope", list(norm.inputs)
-            n.attrs.update(eps=norm.attrs["eps"], covers=[norm.name, n.name])
-        elif n.op == "mul" and g[n.inputs[0]].op == "silu" and users[n.inputs[0]] == [n.name]:
-            silu = g[n.inputs[0]]
-            dropped.add(silu.name)
-            n.op, n.inputs = "silu_mul", [silu.inputs[0], n.inputs[1]]
-            n.attrs["covers"] = [silu.name, n.name]
+        src = g[n.inputs[0]] if n.inputs else None
+        if n.op == "rope" and src.op == "rms_norm" and _only_use(g, src, n):
+            g.replace(n, Node(n.name, "rms_norm_rope", list(src.inputs), n.shape, n.dtype,
+                              {**n.attrs, "eps": src.attrs["eps"]}, {**n.meta, "covers": [src.name, n.name]}))
+        elif n.op == "mul" and src.op == "silu" and _only_use(g, src, n):
+            g.replace(n, Node(n.name, "silu_mul", [src.inputs[0], n.inputs[1]], n.shape, n.dtype, dict(n.attrs),
+                              {**n.meta, "covers": [src.name, n.name]}))
         elif n.op == "add":
             mm = next((g[i] for i in n.inputs if g[i].op == "matmul" and len(g[i].shape) == 2
-                       and users[i] == [n.name] and "split_of" not in g[i].attrs), None)
-            if mm is not None:
-                other = n.inputs[1] if n.inputs[0] == mm.name else n.inputs[0]
-                fused = next(x for x in nodes if x.name == mm.name)
-                fused.inputs.append(other)
-                fused.attrs["epilogue"] = "add"
-                fused.attrs["covers"] = [mm.name, n.name]
-                alias[n.name] = mm.name
-                continue
-        nodes.append(n)
-    return Graph.from_nodes(g.phase, g.meta, [n for n in nodes if n.name not in dropped])
+                       and len(g[i].inputs) == 2 and _only_use(g, g[i], n) and "split_of" not in g[i].meta), None)
+            if mm is not None:  # the matmul takes the residual as a third operand and the add's users
+                g.set_inputs(mm, [*mm.inputs, n.inputs[1] if n.inputs[0] == mm.name else n.inputs[0]])
+                mm.attrs["epilogue"] = "add"
+                mm.meta["covers"] = [mm.name, n.name]
+                g.replace_all_uses_with(n, mm)
+    g.eliminate_dead_code()
+    return g
 
 
 def elide_layout_transposes(g: Graph, opts: LowerOptions) -> Graph:
     """A transpose that only moves size-1 axes keeps every element where it was (decode's
     ``[1, heads, hd] -> [heads, 1, hd]``): it becomes a reshape, a view that costs no dispatch."""
-    nodes = []
-    for n in g.nodes():
-        if n.op == "transpose":
-            src = g[n.inputs[0]].shape
-            moved = [p for p in n.attrs["perm"] if src[p] != 1]  # a symbolic dim may be > 1: it counts as moved
-            if moved == sorted(moved):
-                n = Node(n.name, "reshape", n.inputs, n.shape, n.dtype,
-                         {"shape": tuple(n.shape), "was": f"transpose{list(n.attrs['perm'])}"})
-        nodes.append(n)
-    return Graph.from_nodes(g.phase, g.meta, nodes)
+    g = g.copy()
+    for n in g.by_op("transpose"):
+        src = g[n.inputs[0]].shape
+        moved = [p for p in n.attrs["perm"] if src[p] != 1]  # a symbolic dim may be > 1: it counts as moved
+        if moved == sorted(moved):
+            g.replace(n, Node(n.name, "reshape", n.inputs, n.shape, n.dtype, {"shape": tuple(n.shape)},
+                              {**n.meta, "was": f"transpose{list(n.attrs['perm'])}"}))
+    return g
+
+
+def _matmul_info(m: Node) -> dict[str, Any]:
+    """How a matmul a fused kernel now performs was classified (``lowering.dump`` counts these)."""
+    return {"name": m.name, "kernel_class": m.attrs.get("kernel_class"), "reason": m.meta.get("reason")}
+
+
+def _decode_attention(g: Graph, pv: Node) -> Node | None:
+    """The fused ``attention`` node for ``pv = matmul(softmax(matmul(q, k_all)), v_all)`` over the
+    KV cache with one query row, or None if ``pv`` heads no such pattern."""
+    sm = g[pv.inputs[0]]
+    if len(pv.shape) != 4 or sm.op != "softmax" or not _only_use(g, sm, pv):
+        return None
+    qk = g[sm.inputs[0]]
+    if qk.op != "matmul" or len(qk.shape) != 4 or not _only_use(g, qk, sm) or qk.shape[2] != 1:
+        return None
+    if qk.shape[-1] != "total" or g[qk.inputs[1]].op != "kv_cache_read" or g[pv.inputs[1]].op != "kv_cache_read":
+        return None
+    if not attention_kernel.supports(g[qk.inputs[0]].shape[-1], int(pv.attrs.get("gqa_group", 1))):
+        return None
+    att = Node(pv.name, "attention", [qk.inputs[0], qk.inputs[1], pv.inputs[1]], pv.shape, pv.dtype,
+               {"scale": sm.attrs["scale"], "causal": sm.attrs.get("causal", False),
+                "gqa_group": pv.attrs.get("gqa_group", 1)},
+               {"fused_matmuls": [_matmul_info(qk), _matmul_info(pv)], "covers": [qk.name, sm.name, pv.name],
+                "reason": "decode attention: QK^T, softmax and PV fused over the KV cache (one workgroup per GQA "
+                          "group, online softmax over cache tiles)"})
+    # q's RMSNorm + RoPE (one query row), reached through views only q reads, become the prologue
+    chain, src = [], g[qk.inputs[0]]
+    while src.op == "reshape" and _only_use(g, src, chain[-1] if chain else qk):
+        chain.append(src)
+        src = g[src.inputs[0]]
+    if src.op == "rms_norm_rope" and chain and _only_use(g, src, chain[-1]):
+        att.inputs = [src.inputs[0], att.inputs[1], att.inputs[2], src.inputs[1]]
+        att.attrs.update(q_norm_eps=src.attrs["eps"], rope=src.attrs["rope"])
+        att.meta["covers"] = [*src.meta.get("covers", [src.name]), *att.meta["covers"]]
+    return att
 
 
 def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
     """Decode (one query row): ``matmul(q, k_all) -> softmax -> matmul(., v_all)`` becomes one
     ``attention`` op over the KV cache (one kernel instead of three, the scores never leave the
     workgroup). The two matmuls keep their classification on the fused node."""
-    if g.meta.get("dims", {}).get("seq") != 1:
+    if not _is_decode(g):
         return g
-    users = _users(g)
-    fused: dict[str, Node] = {}
-    dropped: set[str] = set()
+    g = g.copy()
     for pv in g.by_op("matmul"):
-        sm = g[pv.inputs[0]]
-        if len(pv.shape) != 4 or sm.op != "softmax" or users[sm.name] != [pv.name]:
-            continue
-        qk = g[sm.inputs[0]]
-        if qk.op != "matmul" or len(qk.shape) != 4 or users[qk.name] != [sm.name] or qk.shape[2] != 1:
-            continue
-        if qk.shape[-1] != "total" or g[qk.inputs[1]].op != "kv_cache_read" or g[pv.inputs[1]].op != "kv_cache_read":
-            continue
-        if not attention_kernel.supports(g[qk.inputs[0]].shape[-1], int(pv.attrs.get("gqa_group", 1))):
-            continue
-        matmuls = [_matmul_info(m) for m in (qk, pv)]
-        fused[pv.name] = Node(pv.name, "attention", [qk.inputs[0], qk.inputs[1], pv.inputs[1]], pv.shape, pv.dtype,
-                              {"scale": sm.attrs["scale"], "causal": sm.attrs.get("causal", False),
-                               "gqa_group": pv.attrs.get("gqa_group", 1), "fused_matmuls": matmuls,
-                               "covers": [qk.name, sm.name, pv.name],
-                               "reason": "decode attention: QK^T, softmax and PV fused over the KV cache (one "
-                                         "workgroup per GQA group, online softmax over cache tiles)"})
-        dropped |= {qk.name, sm.name}
-        # q's RMSNorm + RoPE (one query row) become the attention kernel's prologue
-        chain, src = [], g[qk.inputs[0]]
-        while src.op == "reshape" and users[src.name] == [chain[-1].name if chain else qk.name]:
-            chain.append(src)
-            src = g[src.inputs[0]]
-        if src.op == "rms_norm_rope" and chain and users[src.name] == [chain[-1].name]:
-            att = fused[pv.name]
-            att.inputs = [src.inputs[0], att.inputs[1], att.inputs[2], src.inputs[1]]
-            att.attrs.update(q_norm_eps=src.attrs["eps"], rope=src.attrs["rope"],
-                             covers=[*src.attrs.get("covers", [src.name]), *att.attrs["covers"]])
-            dropped |= {src.name, *(c.name for c in chain)}
-    nodes = [fused.get(n.name, n) for n in g.nodes() if n.name not in dropped]
-    return Graph.from_nodes(g.phase, g.meta, nodes)
-
-
-def _matmul_info(m: Node) -> dict:
-    return {"name": m.name, "kernel_class": m.attrs.get("kernel_class"), "reason": m.attrs.get("reason")}
+        att = _decode_attention(g, pv)
+        if att is not None:
+            g.replace(pv, att)
+    g.eliminate_dead_code()
+    return g
 
 
 def _plain_gemv(g: Graph, m: Node) -> bool:
@@ -197,49 +181,40 @@ def _plain_gemv(g: Graph, m: Node) -> bool:
             and g[m.inputs[0]].shape[0] == 1 and g[m.inputs[0]].shape[1] % 4 == 0)
 
 
-def _fuse_swiglu(g: Graph) -> Graph:
-    users = _users(g)
-    new: dict[str, Node] = {}
-    dropped: set[str] = set()
+def _fuse_swiglu(g: Graph) -> None:
     for n in g.by_op("silu_mul"):
         gate, up = (g[i] for i in n.inputs)
-        if (_plain_gemv(g, gate) and _plain_gemv(g, up) and users[gate.name] == users[up.name] == [n.name]
-                and gate.inputs[0] == up.inputs[0] and "split_of" not in gate.attrs and "split_of" not in up.attrs):
-            new[n.name] = Node(n.name, "fused_gemv", [gate.inputs[0], gate.inputs[1], up.inputs[1]], n.shape, n.dtype,
-                               {"swiglu": True, "kernel_class": "gemv",
-                                "fused_matmuls": [_matmul_info(gate), _matmul_info(up)],
-                                "covers": [gate.name, up.name, *n.attrs.get("covers", [n.name])],
-                                "reason": "SwiGLU: gate and up GEMVs read the same activation: one GEMV over both "
-                                          "weights, silu(g) * u in its epilogue"})
-            dropped |= {gate.name, up.name}
-    return Graph.from_nodes(g.phase, g.meta, [new.get(n.name, n) for n in g.nodes() if n.name not in dropped])
+        if (_plain_gemv(g, gate) and _plain_gemv(g, up) and _only_use(g, gate, n) and _only_use(g, up, n)
+                and gate.inputs[0] == up.inputs[0] and "split_of" not in gate.meta and "split_of" not in up.meta):
+            g.replace(n, Node(n.name, "fused_gemv", [gate.inputs[0], gate.inputs[1], up.inputs[1]], n.shape, n.dtype,
+                              {"swiglu": True, "kernel_class": "gemv"},
+                              {"fused_matmuls": [_matmul_info(gate), _matmul_info(up)],
+                               "covers": [gate.name, up.name, *n.meta.get("covers", [n.name])],
+                               "reason": "SwiGLU: gate and up GEMVs read the same activation: one GEMV over both "
+                                         "weights, silu(g) * u in its epilogue"}))
+    g.eliminate_dead_code()
 
 
-def _fuse_norm_prologue(g: Graph) -> Graph:
-    users = _users(g)
-    new: dict[str, Node] = {}
-    dropped: set[str] = set()
+def _fuse_norm_prologue(g: Graph) -> None:
     for norm in g.by_op("rms_norm"):
         x = g[norm.inputs[0]]
-        consumers = [g[u] for u in users[norm.name]]
+        consumers = g.users(norm)
         if len(x.shape) != 2 or x.shape[0] != 1 or x.shape[1] % 4 or not consumers:
             continue
         if not all(c.inputs[0] == norm.name and (_plain_gemv(g, c) or (
                 c.op == "fused_gemv" and "norm_eps" not in c.attrs and "epilogue" not in c.attrs)) for c in consumers):
             continue
         for c in consumers:
-            attrs = dict(c.attrs)
-            if c.op == "matmul":
-                attrs = {"kernel_class": "gemv", "fused_matmuls": [_matmul_info(c)], "covers": [c.name],
-                         "reason": c.attrs.get("reason", "")}
-                if "split_of" in c.attrs:
-                    attrs["split_of"] = c.attrs["split_of"]
-            attrs["norm_eps"] = norm.attrs["eps"]
-            attrs["covers"] = [norm.name, *attrs["covers"]]
-            attrs["reason"] += f"; RMSNorm {norm.name} fused as the GEMV prologue"
-            new[c.name] = Node(c.name, "fused_gemv", [x.name, *c.inputs[1:], norm.inputs[1]], c.shape, c.dtype, attrs)
-        dropped.add(norm.name)
-    return Graph.from_nodes(g.phase, g.meta, [new.get(n.name, n) for n in g.nodes() if n.name not in dropped])
+            if c.op == "matmul":  # becomes a fused_gemv: only the kernel class carries over
+                attrs = {"kernel_class": "gemv"}
+                meta = {**c.meta, "fused_matmuls": [_matmul_info(c)], "covers": [c.name]}
+            else:
+                attrs, meta = dict(c.attrs), dict(c.meta)
+            meta["covers"] = [norm.name, *meta["covers"]]
+            meta["reason"] = meta.get("reason", "") + f"; RMSNorm {norm.name} fused as the GEMV prologue"
+            g.replace(c, Node(c.name, "fused_gemv", [x.name, *c.inputs[1:], norm.inputs[1]], c.shape, c.dtype,
+                              {**attrs, "norm_eps": norm.attrs["eps"]}, meta))
+    g.eliminate_dead_code()
 
 
 def fuse_decode_gemv(g: Graph, opts: LowerOptions) -> Graph:
@@ -247,43 +222,58 @@ def fuse_decode_gemv(g: Graph, opts: LowerOptions) -> Graph:
     dispatch of its own. ``silu(x Wg^T) * (x Wu^T)`` becomes one GEMV over both weights (SwiGLU),
     and an RMSNorm whose every consumer is such a GEMV becomes their prologue (each workgroup
     recomputes the tiny sum of squares from the activation loads it makes anyway)."""
-    if g.meta.get("dims", {}).get("seq") != 1:
+    if not _is_decode(g):
         return g
-    return _fuse_norm_prologue(_fuse_swiglu(g))
+    g = g.copy()
+    _fuse_swiglu(g)
+    _fuse_norm_prologue(g)
+    return g
 
 
 def fuse_kv_writes(g: Graph, opts: LowerOptions) -> Graph:
     """Fold the producer of each KV-cache write into the write, so the new K/V rows go straight
     into the cache: ``rms_norm_rope`` (K: q/k-norm + RoPE + write in one kernel) and, in decode,
     the V projection GEMV (the GEMV's epilogue stores into the cache row)."""
-    users = _users(g)
-    new: dict[str, Node] = {}
-    dropped: set[str] = set()
+    g = g.copy()
     for w in g.by_op("kv_cache_write"):
         if len(w.inputs) != 2:
             continue
         src = g[w.inputs[1]]
-        if src.op == "rms_norm_rope" and users[src.name] == [w.name]:
-            new[w.name] = Node(w.name, w.op, [w.inputs[0], *src.inputs], w.shape, w.dtype,
-                               {**w.attrs, "norm_eps": src.attrs["eps"], "rope": src.attrs["rope"],
-                                "covers": [*src.attrs.get("covers", [src.name]), w.name]})
-            dropped.add(src.name)
+        if src.op == "rms_norm_rope" and _only_use(g, src, w):
+            g.replace(w, Node(w.name, w.op, [w.inputs[0], *src.inputs], w.shape, w.dtype,
+                              {**w.attrs, "norm_eps": src.attrs["eps"], "rope": src.attrs["rope"]},
+                              {**w.meta, "covers": [*src.meta.get("covers", [src.name]), w.name]}))
             continue
-        if src.op != "reshape" or users[src.name] != [w.name]:
+        if src.op != "reshape" or not _only_use(g, src, w):
             continue
         mm = g[src.inputs[0]]
         plain = _plain_gemv(g, mm) or (mm.op == "fused_gemv" and not mm.attrs.get("swiglu")
                                        and "epilogue" not in mm.attrs)
-        if not plain or users[mm.name] != [src.name] or "split_of" in mm.attrs:
+        if not plain or not _only_use(g, mm, src) or "split_of" in mm.meta:
             continue
-        gemv = {"norm_eps": mm.attrs.get("norm_eps")}
-        fused = mm.attrs.get("fused_matmuls", [_matmul_info(mm)])
-        new[w.name] = Node(w.name, w.op, [w.inputs[0], *mm.inputs], w.shape, w.dtype,
-                           {**w.attrs, "gemv": gemv, "kernel_class": "gemv", "fused_matmuls": fused,
-                            "covers": [*mm.attrs.get("covers", [mm.name]), w.name],
-                            "reason": mm.attrs.get("reason", "") + "; the GEMV stores its row into the KV cache"})
-        dropped |= {src.name, mm.name}
-    return Graph.from_nodes(g.phase, g.meta, [new.get(n.name, n) for n in g.nodes() if n.name not in dropped])
+        g.replace(w, Node(w.name, w.op, [w.inputs[0], *mm.inputs], w.shape, w.dtype,
+                          {**w.attrs, "gemv": {"norm_eps": mm.attrs.get("norm_eps")}, "kernel_class": "gemv"},
+                          {**w.meta, "fused_matmuls": mm.meta.get("fused_matmuls", [_matmul_info(mm)]),
+                           "covers": [*mm.meta.get("covers", [mm.name]), w.name],
+                           "reason": mm.meta.get("reason", "") + "; the GEMV stores its row into the KV cache"}))
+    g.eliminate_dead_code()
+    return g
+
+
+def _gemv_with_norm(m: Node) -> bool:
+    return (m.op == "fused_gemv" and m.attrs.get("norm_eps") is not None and not m.attrs.get("swiglu")
+            and "epilogue" not in m.attrs and "split_of" not in m.meta)
+
+
+def _hoist_leaves(g: Graph) -> None:
+    """Inputs and weights first, in their order: a packed GEMV, at q's place, reads weights
+    traced after q."""
+    first: Node | None = None  # the first op node: every leaf after it moves to just before it
+    for n in g.nodes():
+        if n.op not in LEAF_OPS:
+            first = first or n
+        elif first is not None:
+            g.move_before(first, n)
 
 
 def pack_qkv(g: Graph, opts: LowerOptions) -> Graph:
@@ -291,18 +281,10 @@ def pack_qkv(g: Graph, opts: LowerOptions) -> Graph:
     weights (no weight copy: three bindings, rows picked by segment) writes a packed [q | k | v]
     row and stores v into its cache; K's norm+RoPE+write and the attention prologue read their
     slice of the packed row. Three dispatches become one."""
-    if g.meta.get("dims", {}).get("seq") != 1:
+    if not _is_decode(g):
         return g
-    users = _users(g)
-    new: dict[str, Node] = {}
-    dropped: set[str] = set()
-
-    def gemv_with_norm(name: str) -> Node | None:
-        m = g[name]
-        ok = m.op == "fused_gemv" and m.attrs.get("norm_eps") is not None and not m.attrs.get("swiglu") \
-            and "epilogue" not in m.attrs and "split_of" not in m.attrs
-        return m if ok else None
-
+    g = g.copy()
+    _hoist_leaves(g)
     for att in g.by_op("attention"):
         if att.attrs.get("q_norm_eps") is None or att.attrs.get("q_packed"):
             continue
@@ -312,11 +294,10 @@ def pack_qkv(g: Graph, opts: LowerOptions) -> Graph:
         if kw.attrs.get("norm_eps") is None or kw.attrs.get("packed_offset") is not None \
                 or vw.attrs.get("gemv") is None or g[kw.inputs[1]].op != "reshape":
             continue
-        q_mm, k_mm = gemv_with_norm(q_view.inputs[0]), gemv_with_norm(g[kw.inputs[1]].inputs[0])
-        if q_mm is None or k_mm is None or users[q_mm.name] != [q_view.name] or users[q_view.name] != [att.name]:
-            continue
-        k_view = g[kw.inputs[1]]
-        if users[k_mm.name] != [k_view.name] or users[k_view.name] != [kw.name]:
+        q_mm, k_view = g[q_view.inputs[0]], g[kw.inputs[1]]
+        k_mm = g[k_view.inputs[0]]
+        if not (_gemv_with_norm(q_mm) and _gemv_with_norm(k_mm) and _only_use(g, q_mm, q_view)
+                and _only_use(g, q_view, att) and _only_use(g, k_mm, k_view) and _only_use(g, k_view, kw)):
             continue
         x, norm_w = q_mm.inputs[0], q_mm.inputs[-1]
         if not (k_mm.inputs[0] == vw.inputs[1] == x and k_mm.inputs[-1] == vw.inputs[3] == norm_w
@@ -324,26 +305,22 @@ def pack_qkv(g: Graph, opts: LowerOptions) -> Graph:
             continue
         wq, wk, wv = q_mm.inputs[1], k_mm.inputs[1], vw.inputs[2]
         nq, nk, nv = (g[w].shape[0] for w in (wq, wk, wv))
-        name = q_mm.name.rsplit(".", 1)[0] + ".qkv_proj"
-        fused = [*q_mm.attrs.get("fused_matmuls", []), *k_mm.attrs.get("fused_matmuls", []),
-                 *vw.attrs.get("fused_matmuls", [])]
-        new[q_mm.name] = Node(name, "qkv_gemv", [x, wq, wk, wv, norm_w, vw.inputs[0]], (1, nq + nk + nv), "float32",
-                              {"norm_eps": q_mm.attrs["norm_eps"], "kernel_class": "gemv", "fused_matmuls": fused,
-                               "covers": list(dict.fromkeys([*q_mm.attrs["covers"], *k_mm.attrs["covers"],
-                                                             *vw.attrs["covers"]])),
-                               "reason": "q, k, v GEMVs share the normalized activation: one GEMV over the three "
-                                         "weights, packed [q | k | v] output, v also stored into the KV cache"})
-        new[kw.name] = Node(kw.name, kw.op, [kw.inputs[0], name, kw.inputs[2]], kw.shape, kw.dtype,
-                            {**kw.attrs, "packed_offset": nq})
-        new[vw.name] = Node(vw.name, vw.op, [vw.inputs[0], name], vw.shape, vw.dtype,
-                            {"packed_offset": nq + nk, "written_by": name, "covers": [vw.name]})
-        new[att.name] = Node(att.name, att.op, [name, *att.inputs[1:]], att.shape, att.dtype,
-                             {**att.attrs, "q_packed": True})
-        dropped |= {q_view.name, k_mm.name, k_view.name}
-    # leaves first: the packed GEMV (at q's place) reads weights traced after q
-    nodes = [new.get(n.name, n) for n in g.nodes() if n.name not in dropped]
-    return Graph.from_nodes(g.phase, g.meta, [n for n in nodes if n.op in LEAF_OPS] +
-                            [n for n in nodes if n.op not in LEAF_OPS])
+        qkv = g.insert_before(q_mm, Node(
+            g.fresh_name(q_mm.name.rsplit(".", 1)[0] + ".qkv_proj"), "qkv_gemv", [x, wq, wk, wv, norm_w, vw.inputs[0]],
+            (1, nq + nk + nv), "float32", {"norm_eps": q_mm.attrs["norm_eps"], "kernel_class": "gemv"},
+            {"fused_matmuls": [*q_mm.meta.get("fused_matmuls", []), *k_mm.meta.get("fused_matmuls", []),
+                               *vw.meta.get("fused_matmuls", [])],
+             "covers": list(dict.fromkeys([*q_mm.meta["covers"], *k_mm.meta["covers"], *vw.meta["covers"]])),
+             "reason": "q, k, v GEMVs share the normalized activation: one GEMV over the three weights, packed "
+                       "[q | k | v] output, v also stored into the KV cache"}))
+        g.replace(kw, Node(kw.name, kw.op, [kw.inputs[0], qkv.name, kw.inputs[2]], kw.shape, kw.dtype,
+                           {**kw.attrs, "packed_offset": nq}, dict(kw.meta)))
+        g.replace(vw, Node(vw.name, vw.op, [vw.inputs[0], qkv.name], vw.shape, vw.dtype,
+                           {"packed_offset": nq + nk, "written_by": qkv.name}, {"covers": [vw.name]}))
+        g.replace(att, Node(att.name, att.op, [qkv.name, *att.inputs[1:]], att.shape, att.dtype,
+                            {**att.attrs, "q_packed": True}, dict(att.meta)))
+    g.eliminate_dead_code()
+    return g
 
 
 def split_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
@@ -355,21 +332,16 @@ def split_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
     ``opts.attention_splits <= 1`` keeps the unsplit kernel (one dispatch fewer per layer)."""
     if opts.attention_splits <= 1:
         return g
-    nodes: list[Node] = []
-    alias: dict[str, str] = {}
-    for n in g.nodes():
-        n = Node(n.name, n.op, [alias.get(i, i) for i in n.inputs], n.shape, n.dtype, dict(n.attrs))
-        if n.op != "attention":
-            nodes.append(n)
-            continue
-        split = {"max_splits": opts.attention_splits, "split_unit": opts.attention_split_unit}
-        part = Node(n.name, "attention_partial", n.inputs, n.shape, n.dtype, {**n.attrs, **split})
-        part.shape, part.dtype = infer(part.op, [(g[i].shape, g[i].dtype) for i in part.inputs], part.attrs)
-        part.attrs["reason"] = n.attrs.get("reason", "") + (
-            f"; flash-decoding: the cache is cut into up to {opts.attention_splits} splits of >= "
-            f"{opts.attention_split_unit} positions per kv head, one workgroup each, merged by {n.name}.combine")
-        comb = Node(f"{n.name}.combine", "attention_combine", [n.name], n.shape, n.dtype,
-                    {"reason": f"flash-decoding: merges the {opts.attention_splits} split states of {n.name}"})
-        alias[n.name] = comb.name
-        nodes += [part, comb]
-    return Graph.from_nodes(g.phase, g.meta, nodes)
+    g = g.copy()
+    for n in g.by_op("attention"):
+        attrs = {**n.attrs, "max_splits": opts.attention_splits, "split_unit": opts.attention_split_unit}
+        shape, dtype = infer("attention_partial", [(g[i].shape, g[i].dtype) for i in n.inputs], attrs)
+        comb_name = g.fresh_name(f"{n.name}.combine")
+        part = g.replace(n, Node(n.name, "attention_partial", n.inputs, shape, dtype, attrs, {
+            **n.meta, "reason": n.meta.get("reason", "") + (
+                f"; flash-decoding: the cache is cut into up to {opts.attention_splits} splits of >= "
+                f"{opts.attention_split_unit} positions per kv head, one workgroup each, merged by {comb_name}")}))
+        comb = g.insert_after(part, Node(comb_name, "attention_combine", [part.name], n.shape, n.dtype, {}, {
+            "reason": f"flash-decoding: merges the {opts.attention_splits} split states of {part.name}"}))
+        g.replace_all_uses_with(part, comb)
+    return g

@@ -23,7 +23,7 @@ from lowering.pipeline import lower
 def _counts(g):
     out: dict[str, int] = {}
     for n in g.by_op("matmul"):
-        if "split_of" in n.attrs and not n.name.endswith(f"[0:{n.shape[1]}]"):
+        if "split_of" in n.meta and not n.name.endswith(f"[0:{n.shape[1]}]"):
             continue
         out[n.attrs["kernel_class"]] = out.get(n.attrs["kernel_class"], 0) + 1
     return out
@@ -40,8 +40,8 @@ def test_classification_counts(cfg06):
     p = classify_matmuls(trace(cfg06, "prefill"))
     # the prefill lm_head only sees the last position (take_last): a GEMV, and its reason says so
     assert _counts(p) == {"gemm": 196, "gemv": 1, "batched_gemm": 56}
-    assert "take_last" in p["lm_head"].attrs["reason"]
-    assert "GQA group 2" in d["layers.3.qk"].attrs["reason"]
+    assert "take_last" in p["lm_head"].meta["reason"]
+    assert "GQA group 2" in d["layers.3.qk"].meta["reason"]
 
 
 def test_unsupported_matmul_is_a_compile_error(cfg06):
@@ -63,7 +63,7 @@ def test_split_and_fusion(cfg06):
     assert len(g.by_op("fused_gemv")) == 28 + 3  # SwiGLU per layer; 3 lm_head chunks
     # q, k, v: one GEMV with a packed output; v's rows also go to the cache (no kernel of its own)
     assert len(g.by_op("qkv_gemv")) == 28 and g["layers.0.v_cache_write"].attrs["written_by"] == "layers.0.qkv_proj"
-    assert [m["name"] for m in g["layers.0.qkv_proj"].attrs["fused_matmuls"]] == [
+    assert [m["name"] for m in g["layers.0.qkv_proj"].meta["fused_matmuls"]] == [
         "layers.0.q_proj", "layers.0.k_proj", "layers.0.v_proj"]
     assert not g.by_op("rms_norm_rope")  # q's is the attention prologue, k's is fused into its cache write
     assert g["layers.0.pv"].attrs["q_norm_eps"] == 1e-6
@@ -74,7 +74,7 @@ def test_split_and_fusion(cfg06):
     # splits of the cache (flash-decoding) whose partials a second kernel merges
     assert not g.by_op("transpose") and not g.by_op("softmax") and not g.by_op("attention")
     assert len(g.by_op("attention_partial")) == len(g.by_op("attention_combine")) == 28
-    assert [m["kernel_class"] for m in g["layers.0.pv"].attrs["fused_matmuls"]] == ["batched_gemv"] * 2
+    assert [m["kernel_class"] for m in g["layers.0.pv"].meta["fused_matmuls"]] == ["batched_gemv"] * 2
     assert g["layers.0.pv"].shape == (16, 32, 128 + 8) and g["layers.0.pv.combine"].shape == (1, 16, 1, 128)
     assert g["layers.0.reshape_4"].inputs == ["layers.0.pv.combine"]
     # the KV cache is stored in f16 by default: the cache, its writes and views carry the dtype

@@ -165,20 +165,30 @@ def test_every_gemv_variant_against_numpy(wdtype):
             assert err < 1e-5, f"{name} {n}x{k} res={res} norm={eps} swiglu={swiglu}: rel err {err:.1e}"
 
 
-@pytest.mark.parametrize("wdtype", ["float32", "float16"])
+@pytest.mark.parametrize("wdtype", ["float32", "float16", "q4", "q8"])
 def test_every_gemm_variant_against_numpy(wdtype):
-    """Each prefill GEMM tiling the tuner may pick, with row and column tails (seq and N not
-    multiples of the tile) and K one or several slices, with and without the residual."""
+    """Each prefill GEMM tiling the tuner may pick, for every weight format (quantized ones against
+    their dequantized values), with row and column tails (seq and N not multiples of any tile; an N
+    not a multiple of 4, stored value by value), K of one or several slices (odd and even counts:
+    the double-buffered loop runs slices in pairs), with and without the residual."""
     from lowering.build import build_kernel
     from lowering.kernels import gemm
     from lowering.kernels.spec import KernelSpec
 
     dev = open_device()
     rng = np.random.default_rng(2)
-    for n, k, res in [(200, 160, True), (64, 48, False)]:
-        w = rng.standard_normal((n, k)).astype(_NP[wdtype])
-        for name, builder in gemm.schedules(n, k, wdtype, res):
-            spec = KernelSpec(f"g{n}x{k}", "gemm", builder, [f"x{i}" for i in range(3 + res)], [2 + res],
+    quant = wdtype in ("q4", "q8")
+    fmt = of_dtype(wdtype)
+    cases = [(200, 160, True), (130, 96, False)] + ([] if quant else [(64, 48, False)])  # q: K % 32
+    for n, k, res in cases:
+        buf = encode(rng.standard_normal((n, k)).astype(np.float32), fmt)
+        w = decode(buf, (n, k), fmt).astype(np.float64)
+        ws = [buf, buf] if quant else [buf.view(_NP[wdtype]).reshape(n, k)]
+        nargs = 2 + len(ws) + res
+        variants = gemm.schedules(n, k, wdtype, res)
+        assert len(variants) >= (4 if k % 32 == 0 else 3)
+        for name, builder in variants:
+            spec = KernelSpec(f"g{n}x{k}", "gemm", builder, [f"x{i}" for i in range(nargs)], [nargs - 1],
                               variants=[(name, builder)])
             kern, _ = build_kernel(spec, "gemm_test", use_cache=False)
             assert kern.rule == name
@@ -186,10 +196,10 @@ def test_every_gemm_variant_against_numpy(wdtype):
             for seq in (1, 37, 130):
                 a = rng.standard_normal((seq, k)).astype(np.float32)
                 r = rng.standard_normal((seq, n)).astype(np.float32)
-                expected = a.astype(np.float64) @ w.astype(np.float64).T + (r if res else 0)
-                got = launch([a, w, *([r] if res else []), np.full((seq, n), np.nan, np.float32)], seq, seq)[-1]
+                expected = a.astype(np.float64) @ w.T + (r if res else 0)
+                got = launch([a, *ws, *([r] if res else []), np.full((seq, n), np.nan, np.float32)], seq, seq)[-1]
                 err = np.abs(got - expected).max() / np.abs(expected).max()
-                assert err < 1e-5, f"{name} seq={seq} {n}x{k} res={res}: rel err {err:.1e}"
+                assert err < 1e-5, f"{wdtype} {name} seq={seq} {n}x{k} res={res}: rel err {err:.1e}"
 
 
 def _attention_node(op: str, group: int, hd: int, q_norm: bool, split: tuple[int, int] | None):

@@ -47,8 +47,8 @@ NodeRef = Node | str  # a node or its name: every method below takes either
 class Graph:
     """An ordered op graph for one phase (``prefill`` or ``decode``).
 
-    The order is always a topological one: a node comes after its inputs (``verify`` checks it
-    after every pass), and it is the order kernels are dispatched in."""
+    The order is the order kernels are dispatched in; passes keep it topological (a node after
+    its inputs), which ``verify`` checks after every pass."""
 
     def __init__(self, phase: str, meta: dict[str, Any] | None = None) -> None:
         self.phase = phase
@@ -69,6 +69,7 @@ class Graph:
         return self._insert(self._index(anchor) + 1, node)
 
     def fresh_name(self, base: str) -> str:
+        """A name no node has: ``base``, else ``base_1``, ``base_2``, ... (as the tracer names)."""
         if base not in self._g:
             return base
         i = 1
@@ -189,24 +190,6 @@ class Graph:
         g = Graph(self.phase, copy.deepcopy(self.meta))
         for n in self.nodes():  # field by field: deepcopy of the dataclass itself is 3x slower
             g.add(Node(n.name, n.op, list(n.inputs), n.shape, n.dtype, copy.deepcopy(n.attrs), copy.deepcopy(n.meta)))
-        return g
-
-    @classmethod
-    def from_nodes(cls, phase: str, meta: dict[str, Any], nodes: list[Node]) -> Graph:
-        """Rebuild a graph from a node list, dropping nodes nothing reaches from an output."""
-        by_name = {n.name: n for n in nodes}
-        live: set[str] = set()
-        stack = [n.name for n in nodes if n.op == "output"]
-        while stack:
-            cur = stack.pop()
-            if cur in live:
-                continue
-            live.add(cur)
-            stack.extend(by_name[cur].inputs)
-        g = cls(phase, meta)
-        for n in nodes:
-            if n.name in live:
-                g.add(n)
         return g
 
     @staticmethod

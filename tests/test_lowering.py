@@ -113,3 +113,19 @@ def test_compile_qwen06b_and_dump(qwen06b, tmp_path):
     text = dump(out, "decode", "text")
     assert "# summary decode: gemv=197" in text
     assert dump(out, "prefill", "dot").startswith("digraph")
+
+
+def test_launch_grid_from_lowered_thread_extents():
+    """The grid is the lowered kernel's blockIdx extents, converted PrimExpr -> common.expr tree."""
+    from tvm import tirx
+
+    from lowering.build import _to_expr
+
+    seq, total = tirx.Var("seq", "int32"), tirx.Var("total", "int32")
+    assert _to_expr(tirx.floordiv(seq + 31, 32) * 4) == ["*", ["//", ["+", "seq", 31], 32], 4]
+    assert _to_expr(tirx.max(tirx.Cast("int64", total) % 3, tirx.min(seq - 1, 7))) == \
+        ["max", ["%", "total", 3], ["min", ["-", "seq", 1], 7]]
+    with pytest.raises(RuntimeError, match="not a supported expression"):
+        _to_expr(tirx.Var("n", "int32") + 1)  # not a runtime scalar
+    with pytest.raises(RuntimeError, match="not a supported expression"):
+        _to_expr(tirx.truncdiv(seq, 2))  # C division: not the runtime's floor division

@@ -144,7 +144,10 @@ def time_prefill(model, n: int, runs: int) -> float:
     return statistics.median(out)
 
 
-def time_decode(model, context: int, new: int, runs: int) -> float:
+def time_decode(model, context: int, new: int, runs: int, host_sampled: bool = False) -> float:
+    """Greedy decode tok/s of ``new`` tokens after ``context``: as ``Model.generate`` runs it (argmax
+    on the GPU, each step queued before the previous token is read), or ``host_sampled`` (logits
+    read back and the argmax taken on the host, as any sampling other than greedy does)."""
     ex = model.executor
     prompt = np.random.default_rng(context).integers(0, model.config.vocab_size, context).astype(np.int32)
     total = 0
@@ -156,10 +159,14 @@ def time_decode(model, context: int, new: int, runs: int) -> float:
     for r in range(runs + 1):
         tok, t = int(logits.argmax()), context
         t0 = time.perf_counter()
-        for _ in range(new):
-            t += 1
-            logits, _ = ex.step("decode", np.asarray([tok], np.int32), t)
-            tok = int(logits.argmax())
+        if host_sampled:
+            for _ in range(new):
+                t += 1
+                step_logits, _ = ex.step("decode", np.asarray([tok], np.int32), t)
+                tok = int(step_logits.argmax())
+        else:
+            for _ in ex.greedy_decode(tok, t + 1, new):
+                pass
         if r:
             out.append(new / (time.perf_counter() - t0))
     return statistics.median(out)
@@ -324,6 +331,7 @@ def main() -> int:
         if n <= ctx:
             metrics[f"prefill{n}_tok_s"] = time_prefill(model, n, a.runs)
     metrics["decode_tok_s"] = time_decode(model, 128, a.new, a.runs)
+    metrics["decode_host_sampled_tok_s"] = time_decode(model, 128, a.new, a.runs, host_sampled=True)
     if a.long_context and a.long_context + 32 <= ctx:
         metrics[f"decode_ctx{a.long_context}_tok_s"] = time_decode(model, a.long_context, 32, a.runs)
     # per-op profile of a 128-token prefill and decode steps at context 128

@@ -25,7 +25,7 @@ from common.dtypes import DTYPE_BYTES
 from common.errors import UserError
 from common.weight_format import FORMATS, of_dtype
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 MANIFEST_FILE = "manifest.json"
 PHASES = ("prefill", "decode")
 
@@ -171,6 +171,17 @@ class ModelInfo:
     layers: int
 
 
+@dataclass(frozen=True)
+class GreedyKernels:
+    """Greedy decoding on the GPU (``lowering.kernels.sampling``): ``partial`` reads the decode
+    logits row into a scratch buffer of ``scratch_bytes``, ``final`` writes the argmax into the
+    input-id buffer, so the next decode step reads it without a round trip through the host."""
+
+    partial: str
+    final: str
+    scratch_bytes: int
+
+
 @dataclass
 class Manifest:
     format_version: int
@@ -187,6 +198,7 @@ class Manifest:
     kernels: dict[str, KernelInfo]
     phases: dict[str, Plan]
     calibration: dict[str, str]  # role -> kernel (e.g. the copy kernel bench times as a ceiling)
+    greedy: GreedyKernels
     tuned_on: str | None = None  # set at load from tuning.json
 
     def to_json(self) -> str:

@@ -45,6 +45,7 @@ from lowering.build import Kernel, build_kernel
 from lowering.errors import LoweringError
 from lowering.kernels.calibration import COPY_KERNEL, copy_spec
 from lowering.kernels.registry import spec_for
+from lowering.kernels.sampling import argmax_specs, greedy_kernels
 from lowering.kernels.spec import KernelSpec
 from lowering.options import LowerOptions
 from lowering.pipeline import lower
@@ -136,8 +137,8 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
             kernels[alt.name] = alt
             alternates.setdefault(k.name, []).append(alt.name)
             cached += hit
-    calib, _ = build_kernel(copy_spec(), COPY_KERNEL, use_cache, first_variant_only=True)
-    kernels[calib.name] = calib
+    for name, spec in [(COPY_KERNEL, copy_spec()), *argmax_specs(cfg.vocab_size)]:
+        kernels[name], _ = build_kernel(spec, name, use_cache, first_variant_only=True)
     progress.done()
     for phase, plan in plans.items():
         plan.dispatches = [Dispatch(**d, kclass=kernels[d["kernel"]].kclass) for d in dispatches[phase]]
@@ -151,7 +152,8 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
                                opts.quantize),
         requires=_requirements(kernels, plans, weight_list, kv), weights=weight_list, kv_cache=kv,
         kernels={name: kernel_info(k, alternates.get(name, [])) for name, k in kernels.items()},
-        phases=plans, calibration={"copy": COPY_KERNEL})
+        phases=plans, calibration={"copy": COPY_KERNEL},
+        greedy=greedy_kernels(cfg.vocab_size))
     with atomic_dir(out, force) as tmp:
         (tmp / "graphs").mkdir()
         (tmp / "kernels").mkdir()

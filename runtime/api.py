@@ -149,37 +149,56 @@ class Model:
                 on_prefill(total - past, len(prompt_ids) - past)
         stats.prefill_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for i in range(max_new_tokens):
-            tok = sampler(logits)
-            stats.new_tokens += 1
-            if tok in stops:
-                stats.finish_reason, stats.stop = "stop", tok
-            elif matcher and detok:
-                new_from = len(detok.text)
-                detok.push(tok)
-                stats.text = detok.text
-                hit = matcher.find(detok.text, new_from)
-                if hit:
-                    stats.finish_reason, stats.stop_index, stats.stop = "stop", hit[0], hit[1]
-            try:
-                yield tok
-            except GeneratorExit:  # the caller stopped reading (Ctrl-C, a client went away)
-                if stats.finish_reason != "stop" and i < max_new_tokens - 1:
+        tokens = self._new_tokens(sampler, logits, total, max_new_tokens, profile, stats)
+        try:
+            for i, tok in enumerate(tokens):
+                if i:
+                    stats.decode_s = time.perf_counter() - t0
+                stats.new_tokens += 1
+                if tok in stops:
+                    stats.finish_reason, stats.stop = "stop", tok
+                elif matcher and detok:
+                    new_from = len(detok.text)
+                    detok.push(tok)
+                    stats.text = detok.text
+                    hit = matcher.find(detok.text, new_from)
+                    if hit:
+                        stats.finish_reason, stats.stop_index, stats.stop = "stop", hit[0], hit[1]
+                try:
+                    yield tok
+                except GeneratorExit:  # the caller stopped reading (Ctrl-C, a client went away)
+                    if stats.finish_reason != "stop" and i < max_new_tokens - 1:
+                        stats.finish_reason = "cancelled"
+                    raise
+                if stats.finish_reason == "stop" or i == max_new_tokens - 1:
+                    break
+                if cancelled():
                     stats.finish_reason = "cancelled"
-                raise
-            if stats.finish_reason == "stop" or i == max_new_tokens - 1:
-                break
-            if cancelled():
-                stats.finish_reason = "cancelled"
-                break
-            total += 1
-            logits, prof = ex.step("decode", np.asarray([tok], np.int32), total, profile)
-            stats.decode_s = time.perf_counter() - t0
-            if prof:
-                stats.profiles.append(prof)
+                    break
+        finally:
+            tokens.close()
         if detok:
             detok.flush()
             stats.text = detok.text
+
+    def _new_tokens(self, sampler: Sampler, logits: np.ndarray, total: int, max_new_tokens: int, profile: bool,
+                    stats: GenerationStats) -> Iterator[int]:
+        """The generated tokens, the first from the prefill's logits. A plain argmax runs on the GPU,
+        each step queued before the previous token is read (``Executor.greedy_decode``); any other
+        choice (sampling, penalties) or a profiled run reads the logits back and samples here."""
+        ex = self.executor
+        tok = sampler(logits)
+        yield tok
+        if sampler.p.plain_argmax and not profile:
+            yield from ex.greedy_decode(tok, total + 1, max_new_tokens - 1)
+            return
+        for _ in range(max_new_tokens - 1):
+            total += 1
+            logits, prof = ex.step("decode", np.asarray([tok], np.int32), total, profile)
+            if prof:
+                stats.profiles.append(prof)
+            tok = sampler(logits)
+            yield tok
 
 
 def load(compiled_dir: str | Path, model_dir: str | Path | None = None, adapter: str | None = None,

@@ -12,6 +12,7 @@ pass per dispatch when profiling, for timestamps), and reads back only the logit
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from runtime.compiled import CompiledModule
 from runtime.constants import make_constant
 from runtime.device import Device, wait_idle
 from runtime.fastpass import encoder_for
+from runtime.inflight import Inflight
 from runtime.kernel import POD_BYTES, KernelProgram
 from runtime.launches import LaunchTable
 from runtime.weight_cache import load as load_packed
@@ -61,6 +63,7 @@ class _Phase:
     logits: Any
     launches: LaunchTable
     slots: list[Any] = field(default_factory=list)
+    greedy_tail: int = 0  # trailing dispatches (after the plan's) that put the argmax into the input ids
 
 
 class Executor:
@@ -91,6 +94,10 @@ class Executor:
         self.staging = self._buffer(_align(4 * self.vocab), "logits_staging",
                                     wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST, kind="staging")
         self.query_set = None
+        self.inflight = Inflight(self.device)
+        # greedy_decode reads step t's token while step t+1 writes the other buffer
+        self.token_ring = [self._buffer(4, f"token_readback{i}", wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST,
+                                        kind="staging") for i in range(2)]
         # token ids whose K/V the caches hold at positions 0..len-1 (Model.generate reuses a common prefix)
         self.cached_tokens: list[int] = []
 
@@ -165,18 +172,28 @@ class Executor:
         plan = self.module.manifest.phases[phase]
         slots = [self._buffer(size, f"{phase}.slot{i}", kind="activations") for i, size in enumerate(plan.slots)]
         align = max(POD_BYTES, self.dev.limits.get("min-uniform-buffer-offset-alignment", 256))
-        n = len(plan.dispatches)
-        pod_buffer = self._buffer(align * max(n, 1), f"{phase}.pod",
-                                  self.wgpu.BufferUsage.UNIFORM | self.wgpu.BufferUsage.COPY_DST, kind="activations")
-        programs, groups = [], []
-        for i, d in enumerate(plan.dispatches):
-            prog = self.programs[d.kernel]
-            bufs = [self._resolve(plan, slots, a) for a in d.args]
-            programs.append(prog)
-            groups.append(prog.bind_group(self.device, bufs, pod_buffer, i * align))
         logits = self._resolve(plan, slots, plan.outputs["logits"])
+        launches = [(self.programs[d.kernel], [self._resolve(plan, slots, a) for a in d.args]) for d in plan.dispatches]
+        tail = self._greedy_launches(logits) if phase == "decode" else []
+        pod_buffer = self._buffer(align * max(len(launches) + len(tail), 1), f"{phase}.pod",
+                                  self.wgpu.BufferUsage.UNIFORM | self.wgpu.BufferUsage.COPY_DST, kind="activations")
+        programs = [prog for prog, _ in launches + tail]
+        groups = [prog.bind_group(self.device, bufs, pod_buffer, i * align)
+                  for i, (prog, bufs) in enumerate(launches + tail)]
         return _Phase(plan.dispatches, programs, groups, pod_buffer, align, logits,
-                      LaunchTable(programs, align // 4), slots)
+                      LaunchTable(programs, align // 4), slots, len(tail))
+
+    def _greedy_launches(self, logits: Any) -> list[tuple[KernelProgram, list[Any]]]:
+        """The argmax kernels (``Manifest.greedy``): logits -> scratch -> the input-id buffer."""
+        g = self.module.manifest.greedy
+        scratch = self._buffer(g.scratch_bytes, "argmax_scratch", kind="activations")
+        return [(self._program(g.partial), [logits, scratch]), (self._program(g.final), [scratch, self.ids])]
+
+    def _program(self, name: str) -> KernelProgram:
+        if name not in self.programs:
+            self.programs[name] = KernelProgram(self.device, name, self.module.manifest.kernels[name],
+                                                self.module.wgsl[name])
+        return self.programs[name]
 
     # execution ----------------------------------------------------------------------------
     def step(self, phase: str, ids: np.ndarray, total: int, profile: bool = False,
@@ -191,6 +208,7 @@ class Executor:
         # step must not leave a claim on half-written cache rows)
         self.cached_tokens = self.cached_tokens[:past] if past <= len(self.cached_tokens) else []
         grids, pods = ph.launches(seq, total)
+        grids = grids[:len(ph.dispatches)]  # the host samples: no greedy tail
         q = self.device.queue
         q.write_buffer(self.ids, 0, np.ascontiguousarray(ids, np.int32).tobytes())
         q.write_buffer(ph.pod_buffer, 0, pods.tobytes())
@@ -240,14 +258,53 @@ class Executor:
         for start, stop in pieces:
             if enc is not None:
                 self.device.queue.submit([enc.finish()])
-            enc = self.device.create_command_encoder()
-            cp = enc.begin_compute_pass()
-            encode = encoder_for(cp)
-            for prog, group, grid in zip(ph.programs[start:stop], ph.bind_groups[start:stop], grids[start:stop],
-                                         strict=True):
-                encode(prog.pipeline, group, grid)
-            cp.end()
+            enc = self._encoded(ph, grids, start, stop)
         return enc
+
+    def _encoded(self, ph: _Phase, grids: list[tuple[int, int, int]], start: int, stop: int) -> Any:
+        """A command encoder holding dispatches ``start:stop`` of the phase in one compute pass."""
+        enc = self.device.create_command_encoder()
+        cp = enc.begin_compute_pass()
+        encode = encoder_for(cp)
+        for prog, group, grid in zip(ph.programs[start:stop], ph.bind_groups[start:stop], grids[start:stop],
+                                     strict=True):
+            encode(prog.pipeline, group, grid)
+        cp.end()
+        return enc
+
+    def greedy_decode(self, first: int, total: int, steps: int) -> Iterator[int]:
+        """Greedy decoding with the argmax on the GPU: ``first`` goes in at position ``total - 1``
+        and each of up to ``steps`` decode steps yields its argmax token.
+
+        Step k's token never visits the host on its way to step k+1 (the argmax kernels write it
+        into the input-id buffer), so step k+1 is encoded and submitted *before* step k's token is
+        read: the host's encoding of hundreds of dispatches overlaps the GPU instead of adding to
+        it, and only 4 bytes come back per token. The caller stops by closing the generator; the
+        step then already queued runs for nothing, and ``cached_tokens`` does not claim its row."""
+        ph = self.phases["decode"]
+        past = total - 1
+        self.cached_tokens = self.cached_tokens[:past] if past <= len(self.cached_tokens) else []
+        q = self.device.queue
+        q.write_buffer(self.ids, 0, np.asarray([first], np.int32).tobytes())
+
+        def launch(t: int) -> tuple[int, Any]:
+            grids, pods = ph.launches(1, t)
+            q.write_buffer(ph.pod_buffer, 0, pods.tobytes())  # queue-ordered after the step before
+            enc = self._encoded(ph, grids, 0, len(grids))
+            ring = self.token_ring[t % 2]
+            enc.copy_buffer_to_buffer(self.ids, 0, ring, 0, 4)
+            return self.inflight.submit([enc.finish()]), ring
+
+        pending = launch(total)
+        fed = first
+        for k in range(steps):
+            ahead = launch(total + k + 1) if k + 1 < steps else None
+            tok = self.inflight.read_int32(pending[1], pending[0])
+            if len(self.cached_tokens) == past + k:
+                self.cached_tokens.append(fed)
+            fed = tok
+            yield tok
+            pending = ahead
 
     def _read_logits(self) -> np.ndarray:
         self.staging.map_sync(self.wgpu.MapMode.READ)

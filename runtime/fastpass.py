@@ -23,7 +23,7 @@ def _raw_lib() -> tuple[Any, Any] | None:
         return None
 
 
-_RAW = _raw_lib()
+RAW = _raw_lib()  # (lib, ffi) of wgpu-native, or None (also used by runtime.inflight)
 
 
 def encoder_for(cp: Any) -> Callable[[Any, Any, tuple[int, int, int]], None]:
@@ -31,8 +31,8 @@ def encoder_for(cp: Any) -> Callable[[Any, Any, tuple[int, int, int]], None]:
     it skips ``set_pipeline`` when the pipeline did not change."""
     last: list[Any] = [None]
     handle = getattr(cp, "_internal", None)
-    if _RAW is not None and handle is not None:
-        lib, ffi = _RAW
+    if RAW is not None and handle is not None:
+        lib, ffi = RAW
         set_pipeline, set_group = lib.wgpuComputePassEncoderSetPipeline, lib.wgpuComputePassEncoderSetBindGroup
         dispatch, null = lib.wgpuComputePassEncoderDispatchWorkgroups, ffi.NULL
 

@@ -50,6 +50,12 @@ class SamplingParams:
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
+    @property
+    def plain_argmax(self) -> bool:
+        """Greedy on the raw logits (no penalty changes them): the GPU can choose the token."""
+        return (self.temperature == 0 and self.repetition_penalty == 1.0 and not self.presence_penalty
+                and not self.frequency_penalty)
+
     def as_dict(self) -> dict:
         return asdict(self)
 

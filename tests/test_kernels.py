@@ -67,9 +67,10 @@ def test_every_kernel_against_numpy(compiled, wdtype, tol):
     assert check_every_kernel(module, tol) == KCLASSES
 
 
-def check_every_kernel(module, tol: float) -> set[str]:
+def check_every_kernel(module, tol: float, alternates: frozenset[str] = frozenset()) -> set[str]:
     """Run every kernel of ``module`` on random args (``_cases``) against the reference rule of
-    its node; returns the kernel classes covered."""
+    its node; returns the kernel classes covered. For kernel classes in ``alternates``, every
+    schedule compiled for ``runtime.tune`` to pick runs too (on the same args)."""
     dev = open_device()
     vocab = module.manifest.model.vocab_size
     launchers = {}
@@ -111,19 +112,21 @@ def check_every_kernel(module, tol: float) -> set[str]:
                 val = val.reshape(resolve(src.shape, dims))
             args.append(val)
         expected = reference.evaluate(node, args, dims)
-        key = d.kernel
-        if key not in launchers:
-            launchers[key] = KernelLauncher(dev.device, key, module.manifest.kernels[key], module.wgsl[key])
-        got = launchers[key](arrays, seq, total)[o]
-        if node.op == "attention_partial":  # slots past the step's splits: the empty state, exactly
-            n = attention_split(total, node.attrs["split_unit"], node.attrs["max_splits"])[1]
-            assert np.array_equal(got[:, n:], expected[:, n:]), f"{key}: empty split states"
-            got, expected = got[:, :n], expected[:, :n]
-        err = np.abs(got.astype(np.float64) - expected).max() / max(np.abs(expected).max(), 1e-30)
-        # a result stored in f16 (the KV cache) is rounded once more: half an f16 ulp, 2^-11 relative
-        bound = tol + (2.0**-11 if got.dtype == np.float16 else 0)
-        assert np.isfinite(got).all() and err <= bound, f"{key} ({node.name}) seq={seq} total={total}: " \
-            f"rel err {err:.2e}"
+        keys = [d.kernel] + (module.manifest.kernels[d.kernel].alternates if d.kclass in alternates else [])
+        for key in keys:
+            if key not in launchers:
+                launchers[key] = KernelLauncher(dev.device, key, module.manifest.kernels[key], module.wgsl[key])
+            got = launchers[key](arrays, seq, total)[o]
+            want = expected
+            if node.op == "attention_partial":  # slots past the step's splits: the empty state, exactly
+                n = attention_split(total, node.attrs["split_unit"], node.attrs["max_splits"])[1]
+                assert np.array_equal(got[:, n:], expected[:, n:]), f"{key}: empty split states"
+                got, want = got[:, :n], expected[:, :n]
+            err = np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30)
+            # a result stored in f16 (the KV cache) is rounded once more: half an f16 ulp, 2^-11 relative
+            bound = tol + (2.0**-11 if got.dtype == np.float16 else 0)
+            assert np.isfinite(got).all() and err <= bound, f"{key} ({node.name}, " \
+                f"{module.manifest.kernels[key].rule}) seq={seq} total={total}: rel err {err:.2e}"
         covered.add(d.kclass)
     return covered
 
@@ -152,9 +155,9 @@ def test_every_gemv_variant_against_numpy(wdtype):
             expected = expected / (1 + np.exp(-expected)) * (x @ u.astype(np.float64).T)
         expected = expected + (r if res else 0)
         args = [a, w, *([u] if swiglu else []), *([gw] if eps is not None else []), *([r] if res else [])]
-        for ts, tr in gemv.VARIANTS:
-            name = gemv.variant_name(ts, tr)
-            builder = gemv.gemv_func(n, k, wdtype, res, ts, tr, eps, swiglu)
+        for sched in gemv.schedule_list(wdtype):
+            name = sched.name
+            builder = gemv.gemv_func(n, k, wdtype, res, sched, eps, swiglu)
             spec = KernelSpec(f"t{n}x{k}", "gemv", builder, [f"x{i}" for i in range(len(args) + 1)], [len(args)],
                               variants=[(name, builder)])
             kern, _ = build_kernel(spec, "gemv_test", use_cache=False)

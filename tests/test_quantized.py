@@ -21,6 +21,7 @@ import torch
 from common.errors import UserError
 from common.weight_format import FORMATS, GROUP, decode, dequantize, encode, of_dtype, pack, quantize, unpack
 from frontend.checkpoint import WeightStore
+from lowering.kernels import gemv
 from lowering.module import compile_model
 from lowering.options import LowerOptions
 from runtime import load, weight_cache
@@ -95,8 +96,9 @@ def test_group_must_divide_k():
 
 @pytest.mark.parametrize("fmt", QUANT)
 def test_gemv_variants_against_numpy(fmt):
-    """Each schedule the tuner may pick (every load width), with each fusion, on dequantized
-    weights (f64 numpy)."""
+    """Each schedule the tuner may pick (``gemv.schedule_list``: the list the generators compile),
+    with each fusion, on dequantized weights (f64 numpy); the cases with every schedule have K
+    tails of every schedule's K loop (masked steps)."""
     from lowering.build import build_kernel
     from lowering.kernels import gemv
     from lowering.kernels.spec import KernelSpec
@@ -110,7 +112,7 @@ def test_gemv_variants_against_numpy(fmt):
     # (n, k, residual, norm eps, swiglu, every schedule): row tails, K tails of every tr
     cases = [(389, 64, False, None, False, False), (3, 1056, False, None, False, True),
              (64, 160, True, None, False, False), (70, 96, False, 1e-6, False, False),
-             (40, 224, True, 1e-5, True, True)]
+             (40, 224, True, 1e-5, True, True), (130, 2080, False, 1e-6, False, True)]
     for n, k, res, eps, swiglu, every in cases:
         a = rng.standard_normal((1, k)).astype(np.float32)
         w, u = encode(_weights(rng, n, k), f), encode(_weights(rng, n, k), f)
@@ -125,13 +127,14 @@ def test_gemv_variants_against_numpy(fmt):
             expected = expected / (1 + np.exp(-expected)) * (x @ ud.T)
         expected = expected + (r if res else 0)
         args = [a, w, w, *([u, u] if swiglu else []), *([gw] if eps is not None else []), *([r] if res else [])]
-        for words, (ts, tr) in [(w, v) for w in gemv.QUANT_WORDS for v in (gemv.VARIANTS if every else
-                                                                         gemv.VARIANTS[:1])]:
-            name = gemv.variant_name(ts, tr, words)
-            builder = gemv.gemv_func(n, k, fmt, res, ts, tr, eps, swiglu, words=words)
+        scheds = gemv.schedule_list(fmt)
+        for sched in scheds if every else scheds[:1]:
+            name = sched.name
+            builder = gemv.gemv_func(n, k, fmt, res, sched, eps, swiglu)
             spec = KernelSpec(f"q{n}x{k}", "gemv", builder, [f"x{i}" for i in range(len(args) + 1)], [len(args)],
                               variants=[(name, builder)])
             kern, _ = build_kernel(spec, "gemv_test", use_cache=False)
+            assert kern.rule == name  # this schedule built, not a fallback
             got = KernelLauncher(dev.device, name, kernel_info(kern), kern.wgsl)(
                 [*args, np.full((1, n), np.nan, np.float32)], 1, 1)[-1]
             err = np.abs(got - expected).max() / np.abs(expected).max()
@@ -140,13 +143,17 @@ def test_gemv_variants_against_numpy(fmt):
 
 @pytest.mark.parametrize("fmt", QUANT)
 def test_every_kernel_of_a_quantized_module(qmodule, fmt):
-    """Every kernel (GEMV fusions, prefill GEMM, the gather, with tables split into row chunks of
-    12 KiB) against the reference rule on the dequantized weights; and the gather, which only
-    dequantizes, bit for bit."""
+    """Every kernel (GEMV fusions with every GEMV schedule, prefill GEMM, the gather, with tables
+    split into row chunks of 12 KiB) against the reference rule on the dequantized weights; and
+    the gather, which only dequantizes, bit for bit."""
     module = load_compiled(qmodule("tiny", fmt, max_binding_bytes=12 << 10, max_context=704, prefill_chunk=64))
     embed = [w for w in module.manifest.weights if w.param == "model.embed_tokens.weight"]
     assert len(embed) >= 2 and all(w.format == fmt and w.nbytes <= 12 << 10 for w in embed)
-    assert check_every_kernel(module, 1e-5) == KCLASSES
+    # every GEMV schedule built (none dropped for failing to build) and run: the fused QKV (v rows
+    # into the cache) and K-write GEMVs exist only in a module
+    assert all(len(module.manifest.kernels[d.kernel].alternates) == len(gemv.QUANT_SCHEDULES) - 1
+               for d in module.manifest.phases["decode"].dispatches if d.kclass == "gemv")
+    assert check_every_kernel(module, 1e-5, alternates=frozenset({"gemv"})) == KCLASSES
     _gather_is_bit_exact(module)
 
 

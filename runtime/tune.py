@@ -3,7 +3,8 @@
 The compiler builds several schedules of each GEMV (``vec4-gemv(ts=..,tr=..)``: rows per
 workgroup, threads per row); which is fastest depends on the GPU and the shape. This times every
 candidate alone on the device (timestamp queries, weights rotated past the L2 cache), prints the
-table, and writes ``tuning.json`` into the module; later loads use the chosen schedules.
+table (GB/s moved; TFLOP/s too for GEMMs), and writes ``tuning.json`` into the module; later loads
+use the chosen schedules.
 """
 
 from __future__ import annotations
@@ -45,19 +46,26 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
         total = min(max(128, seq), ctx)
         sizes = plan.arg_bytes(d.args, seq, total, ctx)
         moved = cost(d.bytes, seq, total)
+        flops = cost(d.flops, seq, total)
         rows = {}
         for name in [main, *kernels[main].alternates]:
             prog = KernelProgram(dev.device, name, kernels[name], module.wgsl[name])
             timer = KernelTimer(dev, prog, sizes, seq, total)
             t = timer.seconds(reps)
             timer.destroy()
-            rows[name] = {"rule": kernels[name].rule, "us": t * 1e6, "gb_s": moved / t / 1e9}
+            rows[name] = {"rule": kernels[name].rule, "us": t * 1e6, "gb_s": moved / t / 1e9,
+                          "tflop_s": flops / t / 1e12}
         best = min(rows, key=lambda n: rows[n]["us"])
         choices[main] = best
         table[main] = rows
-        print(f"{main} ({d.node}, {moved / 2**20:.1f} MiB):")
+        # a GEMM is compute-bound: its rate against the card's FP32 peak says more than its GB/s
+        gemm = kernels[main].kclass in ("gemm", "batched_gemm")
+        print(f"{main} ({d.node}, {moved / 2**20:.1f} MiB{f', {flops / 1e9:.2f} GFLOP' if gemm else ''}):")
+        width = max(28, *(len(r["rule"]) for r in rows.values()))
         for name, r in sorted(rows.items(), key=lambda kv: kv[1]["us"]):
-            print(f"  {r['rule']:28} {r['us']:9.1f} us {r['gb_s']:8.1f} GB/s{'  <- chosen' if name == best else ''}")
+            rate = f" {r['tflop_s']:6.2f} TFLOP/s" if gemm else ""
+            chosen = "  <- chosen" if name == best else ""
+            print(f"  {r['rule']:{width}} {r['us']:9.1f} us {r['gb_s']:8.1f} GB/s{rate}{chosen}")
     out = {"device": dev.name, "choices": choices, "measurements": table}
     tmp = compiled_dir / f".{TUNING_FILE}.tmp{os.getpid()}"
     tmp.write_text(json.dumps(out, indent=1))

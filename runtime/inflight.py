@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.fastpass import RAW
+from runtime import fastpass
 
 
 class Inflight:
     def __init__(self, device: Any) -> None:
         self.device = device
-        self._raw = RAW is not None and hasattr(device, "_internal") and hasattr(device.queue, "_internal")
-        if self._raw:
-            lib, ffi = RAW
+        raw = fastpass.RAW if hasattr(device, "_internal") and hasattr(device.queue, "_internal") else None
+        self._raw = raw
+        if raw is not None:
+            lib, ffi = raw
             self._status: list[int] = []
 
             @ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)")
@@ -35,21 +36,21 @@ class Inflight:
 
     def submit(self, command_buffers: list[Any]) -> int:
         """Submit; returns the submission's index (0 on the public-API path)."""
-        if not self._raw:
+        if self._raw is None:
             self.device.queue.submit(command_buffers)
             return 0
-        lib, ffi = RAW
+        lib, ffi = self._raw
         handles = ffi.new("WGPUCommandBuffer[]", [cb._internal for cb in command_buffers])
         return int(lib.wgpuQueueSubmitForIndex(self.device.queue._internal, len(command_buffers), handles))
 
     def read_int32(self, buffer: Any, index: int) -> int:
         """Wait for submission ``index``, then read the int32 at the start of ``buffer`` (MAP_READ)."""
-        if not self._raw:
+        if self._raw is None:
             buffer.map_sync(1)  # wgpu.MapMode.READ
             value = int.from_bytes(buffer.read_mapped(0, 4), "little", signed=True)
             buffer.unmap()
             return value
-        lib, ffi = RAW
+        lib, ffi = self._raw
         self._status.clear()
         lib.wgpuBufferMapAsync(buffer._internal, lib.WGPUMapMode_Read, 0, 4, self._info[0])
         self._index[0] = index

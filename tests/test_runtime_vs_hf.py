@@ -74,12 +74,12 @@ def test_profile_covers_every_op(compiled):
 
 
 def test_fast_dispatch_path_equals_public_api(compiled, monkeypatch):
-    """runtime.fastpass calls wgpu-native directly; wgpu-py's public API must give identical logits."""
-    import numpy as np
-
+    """runtime.fastpass and runtime.inflight call wgpu-native directly; wgpu-py's public API must
+    give identical logits and the same pipelined greedy tokens."""
     import runtime.fastpass as fastpass
+    from runtime.inflight import Inflight
 
-    model = load(compiled("tiny", "f32", "float32"))
+    model = load(compiled("tiny-mha", "f32", "float32"))
     ex = model.executor
 
     def run():
@@ -88,10 +88,13 @@ def test_fast_dispatch_path_equals_public_api(compiled, monkeypatch):
         for t in range(6, 40):
             logits, _ = ex.step("decode", np.asarray([int(logits.argmax())], np.int32), t)
             out.append(logits)
-        return out
+        greedy = list(model.generate([3, 1, 4, 1, 5], 30, SamplingParams(), stop_ids=set()))
+        return out, greedy
 
     fast = run()
-    assert fastpass._RAW is not None  # the fast path is the one in use with this wgpu
-    monkeypatch.setattr(fastpass, "_RAW", None)
+    assert fastpass.RAW is not None and ex.inflight._raw is not None  # the fast paths are in use with this wgpu
+    monkeypatch.setattr(fastpass, "RAW", None)
+    ex.inflight = Inflight(ex.device)
     public = run()
-    assert all(np.array_equal(a, b) for a, b in zip(fast, public, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(fast[0], public[0], strict=True))
+    assert fast[1] == public[1] and len(set(fast[1])) > 3

@@ -309,7 +309,8 @@ BASELINE = (64, 4, True)
 # shapes) and 128 x 128 at large N; per thread 8 x 8 halves the shared reads per FMA of 4 x 4.
 TILINGS = (
     Tiling(128, 128, 8, 8, 16, 2),  # 256 threads, 32 KiB: the hand-written probe's shape, double-buffered
-    Tiling(128, 128, 8, 8, 32, 1),  # the same with a longer slice (half the barriers), register prefetch
+    Tiling(128, 128, 8, 8, 8, 2),  # 16 KiB; the unrolled pair of slices is half the code (instruction cache)
+    Tiling(128, 128, 8, 8, 16, 1),  # the probe's own schedule plus register prefetch: two barriers per slice
     Tiling(128, 64, 8, 8, 16, 2),  # 128 threads, 24 KiB: twice the workgroups of 128 x 128
     Tiling(64, 128, 8, 8, 16, 2),
     Tiling(64, 64, 8, 8, 16, 2),  # 64 threads, 16 KiB: 4x the workgroups of 128 x 128 at the same work per FMA

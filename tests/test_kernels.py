@@ -178,6 +178,8 @@ def test_every_gemm_variant_against_numpy(wdtype):
     from lowering.kernels import gemm
     from lowering.kernels.spec import KernelSpec
 
+    # what the module docstring promises: lavapipe's 32 KiB of shared memory, WebGPU's 256 threads
+    assert all(t.shared_bytes <= 32 << 10 and t.threads <= 256 for t in gemm.TILINGS)
     dev = open_device()
     rng = np.random.default_rng(2)
     quant = wdtype in ("q4", "q8")

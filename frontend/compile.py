@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attention-splits", type=int, default=32, help="decode attention splits the cache into up to "
                     "N pieces per kv head, one workgroup each (flash-decoding; 1: one workgroup per kv head and "
                     "no combine dispatch; default: 32)")
+    ap.add_argument("--unfused-prefill-attention", action="store_true", help="keep prefill attention as batched "
+                    "GEMMs + softmax over a [heads, seq, total] score tensor instead of one flash-attention kernel "
+                    "(the baseline to time it against)")
     ap.add_argument("--prefill-chunk", type=int, default=256, help="longest prompt piece per prefill step "
                     "(default: 256)")
     ap.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(out, a.force)  # before minutes of kernel building, not after
     opts = LowerOptions(weight_dtype=_DTYPES[a.weight_dtype], max_context=max_ctx,
                         prefill_chunk=min(a.prefill_chunk, max_ctx), kv_dtype=_DTYPES[a.kv_dtype],
-                        attention_splits=a.attention_splits, quantize=a.quantize, keep_lm_head=a.keep_lm_head)
+                        attention_splits=a.attention_splits, quantize=a.quantize, keep_lm_head=a.keep_lm_head,
+                        fuse_prefill_attention=not a.unfused_prefill_attention)
     compile_model(a.model_dir, out, opts, force=a.force, dump_after=a.dump_after, use_cache=not a.no_cache)
     return 0
 

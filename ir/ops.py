@@ -79,6 +79,23 @@ def _attention(ins, attrs):
     return q, F32
 
 
+def _prefill_attention(ins, attrs):
+    """Causal GQA attention of ``seq`` new rows over the cache (``past = total - seq``): q
+    [seq, heads, d] (normed, rotated), k/v [1, kv_heads, total, d] -> [seq, heads * d], the layout
+    the o-proj reads (the trace's q transpose and output transpose + reshape are absorbed). With
+    ``q_norm_eps`` (and ``rope``), q is raw and a 4th operand is the q RMSNorm weight [d]."""
+    (q, _), (k, _), (v, _), *norm = ins
+    group = attrs.get("gqa_group", 1)
+    _need(len(norm) == (attrs.get("q_norm_eps") is not None) and all(tuple(w) == (q[-1],) for w, _ in norm),
+          f"prefill_attention: q norm weight {[fmt(w) for w, _ in norm]} vs q {fmt(q)}, q_norm_eps "
+          f"{attrs.get('q_norm_eps')}")
+    _need(len(q) == 3 and len(k) == 4 and k == v and k[0] == 1,
+          f"prefill_attention needs q [seq,h,d] and equal k/v [1,kv,total,d], got {fmt(q)}, {fmt(k)}, {fmt(v)}")
+    _need(q[1] == k[1] * group and q[2] == k[3] and isinstance(q[1], int) and isinstance(q[2], int),
+          f"prefill_attention heads/head_dim mismatch: {fmt(q)} vs {fmt(k)} with gqa_group={group}")
+    return (q[0], q[1] * q[2]), F32
+
+
 # attention_partial's per-split record: the unnormalized output [hd], then the split's score max
 # and exp-sum, each repeated over 4 values (so the kernels read and write them as vec4s). A split
 # past the step's count is empty: output 0, max EMPTY_MAX, sum 0 (its merge weight is 0, and
@@ -222,6 +239,7 @@ OPS: dict[str, Infer] = {
     "attention": _attention,
     "attention_partial": _attention_partial,
     "attention_combine": _attention_combine,
+    "prefill_attention": _prefill_attention,
     "fused_gemv": _fused_gemv,
     "qkv_gemv": _qkv_gemv,
     "rope": _rope,

@@ -137,6 +137,19 @@ def _attention_combine(at: Attrs, st: Step, p) -> np.ndarray:
     return out.reshape(1, p.shape[0], 1, hd).astype(np.float32)
 
 
+def _prefill_attention(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
+    """q [seq, heads, d] (q RMSNorm + RoPE first when fused) -> [1, heads, seq, d]; causal
+    attention over the cache; back to [seq, heads * d] (what the unfused trace computes with its
+    transposes and reshapes)."""
+    group = at.get("gqa_group", 1)
+    if at.get("q_norm_eps") is not None:
+        q = _rope(_rms_norm(q, norm[0], at["q_norm_eps"]), at["rope"], st.past)
+    q4 = np.transpose(q, (1, 0, 2))[None]
+    k, v = (np.repeat(t, group, axis=1).astype(np.float32, copy=False) for t in (k, v))
+    o = _softmax(q4 @ np.swapaxes(k, -1, -2), at["scale"], True, st.past) @ v
+    return np.transpose(o[0], (1, 0, 2)).reshape(q.shape[0], -1).astype(np.float32)
+
+
 def _kv_cache_write(at: Attrs, st: Step, cache, new, *extra) -> np.ndarray:
     """Rows past..total of the cache get ``new``, or what the fused producer makes of it, stored
     in the cache's dtype (an f16 cache rounds the rows as the GPU does)."""
@@ -164,6 +177,7 @@ RULES: dict[str, Rule] = {
     "attention": _attention,
     "attention_partial": _attention_partial,
     "attention_combine": _attention_combine,
+    "prefill_attention": _prefill_attention,
     "softmax": lambda at, st, s: _softmax(s, at["scale"], at.get("causal", False), st.past),
     "add": lambda at, st, a, b: a + b,
     "mul": lambda at, st, a, b: a * b,

@@ -17,6 +17,9 @@ class LowerOptions:
     # at least `attention_split_unit` positions; 1 = one workgroup per kv head, no combine dispatch
     attention_splits: int = 32
     attention_split_unit: int = 64
+    # prefill attention as one flash-attention kernel (lowering.fuse_prefill_attention); False keeps
+    # the batched GEMM + softmax path (the baseline to time it against; the unfused kernels' tests)
+    fuse_prefill_attention: bool = True
     # none | q8 | q4: 2-D weights (linears, embedding) in that common.weight_format, quantized at first load
     quantize: str = "none"
     keep_lm_head: bool = False  # with quantize: the lm_head (and a tied embedding) stays in weight_dtype

@@ -8,6 +8,7 @@ from ir.graph import Graph
 from ir.printer import to_text
 from ir.verify import GraphError, verify
 from lowering.classify import classify_matmuls
+from lowering.fuse_prefill_attention import fuse_prefill_attention
 from lowering.options import LowerOptions
 from lowering.passes import (
     elide_layout_transposes,
@@ -32,6 +33,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_elementwise", lambda g, o: fuse_elementwise(g)),
     ("elide_layout_transposes", elide_layout_transposes),
     ("fuse_decode_attention", fuse_decode_attention),
+    ("fuse_prefill_attention", fuse_prefill_attention),
     ("fuse_decode_gemv", fuse_decode_gemv),
     ("fuse_kv_writes", fuse_kv_writes),
     ("pack_qkv", pack_qkv),

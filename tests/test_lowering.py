@@ -86,8 +86,8 @@ def test_kv_dtype_and_unsplit_attention_options(cfg06):
     assert len(g.by_op("attention")) == 28 and not g.by_op("attention_partial")
     assert g["cache_v.3"].dtype == g["layers.3.v_all"].dtype == "float32"
     p = lower(trace(cfg06, "prefill"), LowerOptions("float16", 256, 32))
-    assert not p.by_op("attention_partial")  # prefill keeps its batched GEMMs
-    assert p["layers.0.qk"].op == "matmul" and p["layers.0.k_all"].dtype == "float16"
+    assert not p.by_op("attention_partial")  # prefill: its own fused kernel (no splits)
+    assert p["layers.0.attention"].op == "prefill_attention" and p["layers.0.k_all"].dtype == "float16"
 
 
 def test_compile_qwen06b_and_dump(qwen06b, tmp_path):

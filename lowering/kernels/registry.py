@@ -5,7 +5,16 @@ generators import only ``spec`` (no cycle)."""
 from __future__ import annotations
 
 from ir.graph import Graph, Node
-from lowering.kernels import attention, elementwise, gemv, matmul, memory, norm, softmax  # noqa: F401 - registration
+from lowering.kernels import (  # noqa: F401 - registration
+    attention,
+    elementwise,
+    gemv,
+    matmul,
+    memory,
+    norm,
+    prefill_attention,
+    softmax,
+)
 from lowering.kernels.spec import GENERATORS, KernelSpec
 from lowering.options import LowerOptions
 

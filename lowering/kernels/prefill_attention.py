@@ -1,0 +1,270 @@
+"""Prefill attention as one flash-attention kernel: causal GQA ``softmax(q k^T * scale) v`` for
+``seq`` new query rows over the KV cache, the scores never written to memory.
+
+Why: unfused, prefill attention is a batched GEMM into a ``[heads, seq, total]`` f32 score
+tensor, a softmax over it and a second batched GEMM (plus two transpose copies): at the 4B shape
+with a 512-token chunk and a 4608 context the score slots are ~886 MiB of activations, and it
+costs four dispatches per layer. Here one workgroup computes a tile of output rows start to end.
+
+A workgroup owns ``rows`` (query head, query position) pairs: ``heads`` query heads of one GQA
+group (they read the same kv head, so each staged K/V tile serves all of them) times ``queries``
+consecutive positions ``q0 ..``. It walks the cache in tiles of ``bk`` positions, only up to the
+last position its last query may see (``past + q0 + queries``): tiles wholly above the causal
+diagonal are never visited. Per tile:
+
+1. K tile -> shared, converted from the cache dtype (f16) to f32 once (vec4 loads, coalesced);
+2. scores: each thread holds one row's q in registers (scaled on load) and dots it with
+   ``bk / (threads / rows)`` staged K rows (a warp reads one K row: a broadcast); causal and
+   ``total`` masks; the scores go to a small shared ``[bk, rows]`` tile;
+3. online softmax: thread ``r < rows`` owns row ``r``'s running max and sum, rescales, writes the
+   tile's exp weights back in place and the rescale factor ``alpha``; meanwhile every thread
+   stages the V tile into the buffer K used (K is dead after step 2's barrier);
+4. PV: each thread owns ``rows / (threads / hd4)`` rows of one vec4 lane of the output in f32
+   registers: ``acc = acc * alpha + sum_j p_j v_j`` (consecutive threads: consecutive lanes of
+   one V row, coalesced-like shared reads; the weight is a broadcast).
+
+Four barriers per tile. The output is written as ``[seq, heads * hd]``, the layout the o-proj
+GEMM reads (the trace's pv -> transpose -> reshape chain is absorbed). Everything fits in 16 KiB
+of workgroup storage (WebGPU's default limit, which every adapter has): q lives in registers,
+not shared memory, and K and V take turns in one tile buffer.
+"""
+
+# no `from __future__ import annotations`: it breaks TVMScript buffer params with a computed dtype
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+from ir.graph import Graph, Node
+from ir.ops import EMPTY_MAX
+from lowering.kernels.attention import _flushed_exp
+from lowering.kernels.common import DTYPE_BYTES, shape_key
+from lowering.kernels.elementwise import rope_tables
+from lowering.kernels.spec import KernelSpec, generator
+from lowering.options import LowerOptions
+
+SHARED_BYTES = 16384  # WebGPU's default maxComputeWorkgroupStorageSize
+MAX_HEAD_DIM = 128  # q of one row lives in registers: hd / 4 vec4s per thread
+# (rows per workgroup, cache positions per tile, threads): the default first; runtime.tune picks.
+VARIANTS: tuple[tuple[int, int, int], ...] = ((32, 16, 128), (16, 16, 64), (64, 8, 256))
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How one schedule maps onto a head_dim and GQA group (``None`` from :func:`tiling` if it cannot)."""
+
+    rows: int  # (query head, query position) pairs per workgroup
+    bk: int  # cache positions per tile
+    threads: int
+    heads: int  # query heads per workgroup (a divisor of the GQA group: one kv head)
+    queries: int  # consecutive query positions per workgroup (rows = heads * queries)
+
+    def name(self) -> str:
+        return (f"prefill-attention(rows={self.rows}: {self.heads} heads x {self.queries} queries, "
+                f"tile={self.bk}, threads={self.threads})")
+
+
+def _staged(buf, kh, pos, lane, total):
+    """One vec4 of a cache row as f32, 0 at positions >= total (stale or never-written cache rows
+    may hold NaN, and 0 * NaN is NaN). One unconditional store: TVM's sync planner refuses two
+    stores to a shared buffer in the branches of a thread-dependent ``if``; the load index is
+    clamped because WGSL's select evaluates both sides."""
+    return T.if_then_else(pos < total, T.Cast("float32x4", buf[kh, T.min(pos, total - 1), lane]),
+                          T.Broadcast(T.float32(0), 4))
+
+
+def _shared_bytes(hd: int, rows: int, bk: int) -> int:
+    # the K/V tile (f32), the score and weight tiles, alpha and the final sums
+    return 4 * (bk * hd + 2 * bk * rows + 2 * rows)
+
+
+def tiling(hd: int, group: int, rows: int, bk: int, threads: int) -> Tiling | None:
+    """The schedule ``(rows, bk, threads)`` for this head_dim and GQA group, if it fits: vec4 rows,
+    q in registers (head_dim <= 128), thread counts that tile the score and PV phases exactly, the
+    16 KiB of shared memory. Heads per workgroup: the largest divisor of the group that still
+    leaves >= 4 query positions (fewer positions per workgroup: finer causal skipping)."""
+    hd4 = hd // 4
+    if hd % 4 or hd > MAX_HEAD_DIM or threads % rows or bk % (threads // rows) or threads % hd4:
+        return None
+    if threads < rows or _shared_bytes(hd, rows, bk) > SHARED_BYTES:
+        return None
+    heads = max(d for d in range(1, group + 1) if group % d == 0 and rows % d == 0 and (rows // d >= 4 or d == 1))
+    return Tiling(rows, bk, threads, heads, rows // heads)
+
+
+def tilings(hd: int, group: int) -> list[Tiling]:
+    return [t for t in (tiling(hd, group, *v) for v in VARIANTS) if t is not None]
+
+
+def supports(head_dim: int, group: int = 1) -> bool:
+    """Whether some schedule fits (else the pass keeps the batched GEMM + softmax path)."""
+    return bool(tilings(head_dim, group))
+
+
+def prefill_attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype: str,
+                           t: Tiling, q_norm: tuple[float, str] | None = None) -> tirx.PrimFunc:
+    """Q ``[seq, nh, hd]``, K/V caches ``[nkv, ctx, hd]`` in ``kv_dtype``, O ``[seq, nh * hd]``;
+    runtime scalars ``seq`` and ``total`` (``past = total - seq``). ``q_norm=(eps, weight dtype)``:
+    Q arrives raw from its projection and each thread applies Qwen3's per-head q RMSNorm (weight
+    ``G``) and RoPE at position ``past + i`` (tables ``COS``/``SIN``) to the row it holds: the whole
+    row is in its registers, so the norm is a thread-local sum and rotate-half pairs registers
+    ``d`` and ``d + hd / 8`` (vec4s) - no dispatch, no q tensor in memory. None: Q is final."""
+    group = nh // nkv
+    hd4 = hd // 4
+    h4 = hd4 // 2
+    prologue = q_norm is not None
+    eps, gdtype = q_norm or (0.0, "float32")
+    rows, bk, threads, heads, queries = t.rows, t.bk, t.threads, t.heads, t.queries
+    cols = threads // rows  # score phase: column groups; thread (row tx % rows, columns tx // rows + cols * b)
+    cpt = bk // cols  # scores per thread
+    rgs = threads // hd4  # PV phase: row groups; thread (lane tx % hd4, rows tx // hd4 + rgs * a)
+    rpt = (rows + rgs - 1) // rgs  # output rows per thread
+    loads = (bk * hd4 + threads - 1) // threads  # vec4 loads per thread to stage one K or V tile
+    exact_loads = bk * hd4 % threads == 0
+    kvec = f"{kv_dtype}x4"
+    neg = EMPTY_MAX  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
+
+    @T.prim_func(private=True)
+    def prefill_attention(var_q: T.handle, K: T.Buffer((nkv, ctx, hd4), kvec), V: T.Buffer((nkv, ctx, hd4), kvec),
+                          G: T.Buffer((hd4,), dtype=f"{gdtype}x4"), COS: T.Buffer((ctx, max(h4, 1)), "float32x4"),
+                          SIN: T.Buffer((ctx, max(h4, 1)), "float32x4"), var_o: T.handle, total: T.int32):
+        seq = T.int32()
+        Q = T.match_buffer(var_q, (seq, nh, hd4), "float32x4")
+        O = T.match_buffer(var_o, (seq, nh, hd4), "float32x4")
+        for bx in T.thread_binding((seq + queries - 1) // queries, thread="blockIdx.x"):
+            for by in T.thread_binding(nh // heads, thread="blockIdx.y"):
+                for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                    kv_sh = T.alloc_buffer((bk, hd4), "float32x4", scope="shared")  # K, then V, of one tile
+                    s_sh = T.alloc_buffer((bk, rows), "float32", scope="shared")  # scores
+                    p_sh = T.alloc_buffer((bk, rows), "float32", scope="shared")  # their exp weights
+                    alpha = T.alloc_buffer((rows,), "float32", scope="shared")
+                    l_sh = T.alloc_buffer((rows,), "float32", scope="shared")
+                    qv = T.alloc_buffer((hd4,), "float32x4", scope="local")
+                    sc = T.alloc_buffer((cpt,), "float32", scope="local")
+                    acc = T.alloc_buffer((rpt,), "float32x4", scope="local")
+                    st = T.alloc_buffer((4,), "float32", scope="local")  # running max, sum; tile max, sum
+                    srow = T.alloc_buffer((bk,), "float32", scope="local")  # softmax: this thread's score row
+                    rot = T.alloc_buffer((2,), "float32x4", scope="local")
+                    kh = T.meta_var(by * heads // group)
+                    past = T.meta_var(total - seq)
+                    # this thread's score row: query head by * heads + r // queries, position q0 + r % queries
+                    r = T.meta_var(tx % rows)
+                    qi = T.meta_var(bx * queries + r % queries)
+                    # the cache positions the workgroup's last query sees: past + q0 + queries (or all)
+                    limit = T.meta_var(T.min(total, past + bx * queries + queries))
+                    for d in T.unroll(hd4):
+                        qv[d] = T.Broadcast(T.float32(0), 4)
+                    if qi < seq:
+                        for d in T.unroll(hd4):
+                            qv[d] = Q[qi, by * heads + r // queries, d]
+                        if prologue:
+                            st[0] = T.float32(0)
+                            for d in T.unroll(hd4):
+                                st[0] = st[0] + T.call_pure_extern("float32", "dot", qv[d], qv[d])
+                            st[0] = T.rsqrt(st[0] / T.float32(hd) + T.float32(eps))
+                            for d in T.unroll(hd4):
+                                qv[d] = qv[d] * T.Cast("float32x4", G[d]) * T.Broadcast(st[0], 4)
+                            for d in T.unroll(h4):  # rotate-half at position past + qi
+                                rot[0] = qv[d]
+                                rot[1] = qv[d + h4]
+                                qv[d] = rot[0] * COS[past + qi, d] - rot[1] * SIN[past + qi, d]
+                                qv[d + h4] = rot[1] * COS[past + qi, d] + rot[0] * SIN[past + qi, d]
+                        for d in T.unroll(hd4):
+                            qv[d] = qv[d] * T.Broadcast(T.float32(scale), 4)
+                    for a in T.unroll(rpt):
+                        acc[a] = T.Broadcast(T.float32(0), 4)
+                    st[0] = T.float32(neg)
+                    st[1] = T.float32(0)
+                    for c in range((limit + bk - 1) // bk):
+                        # 1. K tile -> shared (f32); positions past total read as 0
+                        for it in T.unroll(loads):
+                            if exact_loads or it * threads + tx < bk * hd4:
+                                kv_sh[(it * threads + tx) // hd4, (it * threads + tx) % hd4] = _staged(
+                                    K, kh, c * bk + (it * threads + tx) // hd4, (it * threads + tx) % hd4, total)
+                        T.tvm_storage_sync("shared")
+                        # 2. scores of row r against columns tx // rows + cols * b, masked
+                        for b in T.unroll(cpt):
+                            sc[b] = T.float32(0)
+                        for d in T.unroll(hd4):
+                            for b in T.unroll(cpt):
+                                sc[b] = sc[b] + T.call_pure_extern("float32", "dot", qv[d],
+                                                                   kv_sh[tx // rows + cols * b, d])
+                        for b in T.unroll(cpt):
+                            s_sh[tx // rows + cols * b, r] = T.if_then_else(
+                                c * bk + tx // rows + cols * b <= past + qi, sc[b], T.float32(neg))
+                        T.tvm_storage_sync("shared")
+                        # 3. online softmax, one thread per row; everyone stages the V tile meanwhile
+                        if tx < rows:
+                            st[2] = st[0]
+                            for j in T.unroll(bk):
+                                srow[j] = s_sh[j, tx]
+                                st[2] = T.max(st[2], srow[j])
+                            st[3] = T.float32(0)
+                            for j in T.unroll(bk):
+                                srow[j] = _flushed_exp(srow[j] - st[2])
+                                p_sh[j, tx] = srow[j]
+                                st[3] = st[3] + srow[j]
+                            srow[0] = _flushed_exp(st[0] - st[2])
+                            alpha[tx] = srow[0]
+                            st[1] = st[1] * srow[0] + st[3]
+                            st[0] = st[2]
+                        for it in T.unroll(loads):
+                            if exact_loads or it * threads + tx < bk * hd4:
+                                kv_sh[(it * threads + tx) // hd4, (it * threads + tx) % hd4] = _staged(
+                                    V, kh, c * bk + (it * threads + tx) // hd4, (it * threads + tx) % hd4, total)
+                        T.tvm_storage_sync("shared")
+                        # 4. PV: rows tx // hd4 + rgs * a, lane tx % hd4
+                        for a in T.unroll(rpt):
+                            if rows % rgs == 0 or tx // hd4 + rgs * a < rows:
+                                acc[a] = acc[a] * T.Broadcast(alpha[tx // hd4 + rgs * a], 4)
+                                for j in T.unroll(bk):
+                                    acc[a] = acc[a] + T.Broadcast(p_sh[j, tx // hd4 + rgs * a], 4) * kv_sh[j, tx % hd4]
+                        T.tvm_storage_sync("shared")
+                    if tx < rows:
+                        l_sh[tx] = st[1]
+                    T.tvm_storage_sync("shared")
+                    for a in T.unroll(rpt):
+                        if rows % rgs == 0 or tx // hd4 + rgs * a < rows:
+                            if bx * queries + (tx // hd4 + rgs * a) % queries < seq:
+                                    O[bx * queries + (tx // hd4 + rgs * a) % queries,
+                                  by * heads + (tx // hd4 + rgs * a) // queries,
+                                  tx % hd4] = acc[a] / T.Broadcast(l_sh[tx // hd4 + rgs * a], 4)
+
+    if prologue:
+        return prefill_attention
+    # without the q prologue its params are never read; drop them (each param is a binding)
+    return tirx.PrimFunc([p for p in prefill_attention.params if p.name not in ("G", "COS", "SIN")],
+                         prefill_attention.body, prefill_attention.ret_type, prefill_attention.attrs)
+
+
+def _builders(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype: str, q_norm: tuple[float, str] | None
+              ) -> list[tuple[str, Callable[[], object]]]:
+    what = "+q_norm+rope" if q_norm else ""
+    out = [(t.name() + what, lambda t=t: prefill_attention_func(nh, nkv, hd, ctx, scale, kv_dtype, t, q_norm))
+           for t in tilings(hd, nh // nkv)]
+    if not out:
+        raise KeyError(f"no prefill attention schedule fits head_dim {hd} with GQA group {nh // nkv}")
+    return out
+
+
+@generator("prefill_attention")
+def prefill_attention(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    q, k_view, v_view = (g[i] for i in node.inputs[:3])
+    kc, vc = g[k_view.inputs[0]], g[v_view.inputs[0]]
+    nkv, _, hd = kc.shape
+    nh = q.shape[1]
+    ctx, scale = opts.max_context, float(node.attrs["scale"])
+    q_norm, extra = None, []
+    if node.attrs.get("q_norm_eps") is not None:
+        w = g[node.inputs[3]]
+        q_norm = (float(node.attrs["q_norm_eps"]), w.dtype)
+        extra = [w.name, *rope_tables(node.attrs["rope"], hd, ctx)]
+    variants = _builders(nh, nkv, hd, ctx, scale, kc.dtype, q_norm)
+    # causal: row i of the chunk sees past + i + 1 positions
+    seen = "(seq*(total-seq) + seq*(seq+1)//2)"
+    kv_bytes = f"2*{DTYPE_BYTES[kc.dtype]}*{nkv}*total*{hd}"
+    args = [q.name, kc.name, vc.name, *extra, node.name]
+    return KernelSpec(f"prefill_attention:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{extra[1:]}",
+                      "attention", variants[0][1], args, [len(args) - 1],
+                      flops=f"4*{nh}*{hd}*{seen}", bytes=f"2*4*seq*{nh * hd} + {kv_bytes}", variants=variants)

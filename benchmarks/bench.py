@@ -252,6 +252,18 @@ def run_sweep(a: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def memory_probe(compiled_dir: Path, model_dir: Path | None, n: int) -> int:
+    from runtime.sampling import SamplingParams
+
+    model = load(compiled_dir, model_dir, verbose=False)
+    prompt = np.random.default_rng(n).integers(0, model.config.vocab_size, n).tolist()
+    list(model.generate(prompt, 32, SamplingParams(), set()))
+    mib = {k: v / 2**20 for k, v in model.executor.allocated.items()}
+    print(f"memory probe: prompt {n} + 32 tokens; executor allocations (MiB): "
+          + ", ".join(f"{k} {v:.0f}" for k, v in mib.items()) + f"; total {sum(mib.values()):.0f}")
+    return 0
+
+
 def hf_peer(model_dir: Path, runs: int) -> dict[str, float]:
     import torch
     from transformers import AutoModelForCausalLM
@@ -312,12 +324,17 @@ def main() -> int:
     ap.add_argument("--cold-warm", action="store_true",
                     help="with --decode-sweep: run it in two fresh processes, empty then warm Mesa shader cache")
     ap.add_argument("--process-label", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-probe", type=int, default=0, metavar="PROMPT",
+                    help="only load, prefill PROMPT random tokens and decode 32 (what a user's process holds; "
+                         "gpu_suite.sh meters its peak GPU memory beside llama.cpp's)")
     a = ap.parse_args()
     command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
     if a.cold_warm and not a.decode_sweep:
         ap.error("--cold-warm needs --decode-sweep")
     if a.decode_sweep:
         return run_sweep(a, command)
+    if a.memory_probe:
+        return memory_probe(a.compiled_dir, a.model_dir, a.memory_probe)
     model = load(a.compiled_dir, a.model_dir, verbose=True)
     ctx = model.max_context
     dev_name = model.device.name

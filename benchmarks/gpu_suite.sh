@@ -38,6 +38,8 @@ for mod in "$@"; do
         python3 benchmarks/bench.py "$mod" --model-dir "$model" --peer none --runs 3 --prompts 512 \
         --long-context 4096 --results "$out/results.jsonl" > "$out/bench-$name.log" 2>&1
     grep -v "^  " "$out/bench-$name.log"
+    peak "ours $name prompt=4096 gen=32" python3 benchmarks/bench.py "$mod" --model-dir "$model" --memory-probe 4096 \
+        >> "$out/bench-$name.log" 2>&1
 done
 for q in ${PEER_QTYPES:-f16 q8_0 q4_0}; do
     for pg in "512 128" "4096 32"; do

@@ -51,6 +51,8 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
         for name in [main, *kernels[main].alternates]:
             prog = KernelProgram(dev.device, name, kernels[name], module.wgsl[name])
             timer = KernelTimer(dev, prog, sizes, seq, total)
+            if not table and not rows:
+                timer.warm_up()
             t = timer.seconds(reps)
             timer.destroy()
             rows[name] = {"rule": kernels[name].rule, "us": t * 1e6, "gb_s": moved / t / 1e9,

@@ -24,9 +24,10 @@ diagonal are never visited. Per tile:
    one V row, coalesced-like shared reads; the weight is a broadcast).
 
 Four barriers per tile. The output is written as ``[seq, heads * hd]``, the layout the o-proj
-GEMM reads (the trace's pv -> transpose -> reshape chain is absorbed). Everything fits in 16 KiB
-of workgroup storage (WebGPU's default limit, which every adapter has): q lives in registers,
-not shared memory, and K and V take turns in one tile buffer.
+GEMM reads (the trace's pv -> transpose -> reshape chain is absorbed). Shared memory stays small
+(the default schedule at head_dim 128: 12 KiB, within WebGPU's default 16 KiB): q lives in
+registers, not shared memory, and K and V take turns in one tile buffer. With the q RMSNorm +
+RoPE prologue the kernel reads the raw q projection (see ``prefill_attention_func``).
 """
 
 # no `from __future__ import annotations`: it breaks TVMScript buffer params with a computed dtype
@@ -44,10 +45,16 @@ from lowering.kernels.elementwise import rope_tables
 from lowering.kernels.spec import KernelSpec, generator
 from lowering.options import LowerOptions
 
-SHARED_BYTES = 16384  # WebGPU's default maxComputeWorkgroupStorageSize
+# Workgroup storage: 32 KiB, as the prefill GEMM's schedules (lavapipe's limit; NVIDIA's Vulkan
+# limit is 48 KiB; WebGPU's default 16 KiB). The default schedule stays within 16 KiB.
+SHARED_BYTES = 32768
 MAX_HEAD_DIM = 128  # q of one row lives in registers: hd / 4 vec4s per thread
 # (rows per workgroup, cache positions per tile, threads): the default first; runtime.tune picks.
-VARIANTS: tuple[tuple[int, int, int], ...] = ((32, 16, 128), (16, 16, 64), (64, 8, 256))
+# More rows: each staged K/V tile serves more queries (fewer tile loads in all), but coarser causal
+# skipping and fewer workgroups; a longer tile: fewer barriers per cache position, more shared
+# memory and a longer serial softmax per row. At head_dim 128 the first three fit 16 KiB.
+VARIANTS: tuple[tuple[int, int, int], ...] = ((32, 16, 128), (16, 16, 64), (64, 8, 256), (32, 32, 128),
+                                              (64, 16, 256))
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,8 @@ def _shared_bytes(hd: int, rows: int, bk: int) -> int:
 
 def tiling(hd: int, group: int, rows: int, bk: int, threads: int) -> Tiling | None:
     """The schedule ``(rows, bk, threads)`` for this head_dim and GQA group, if it fits: vec4 rows,
-    q in registers (head_dim <= 128), thread counts that tile the score and PV phases exactly, the
-    16 KiB of shared memory. Heads per workgroup: the largest divisor of the group that still
+    q in registers (head_dim <= 128), thread counts that tile the score and PV phases exactly,
+    ``SHARED_BYTES`` of shared memory. Heads per workgroup: the largest divisor of the group that still
     leaves >= 4 query positions (fewer positions per workgroup: finer causal skipping)."""
     hd4 = hd // 4
     if hd % 4 or hd > MAX_HEAD_DIM or threads % rows or bk % (threads // rows) or threads % hd4:
@@ -144,7 +151,7 @@ def prefill_attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, k
                     sc = T.alloc_buffer((cpt,), "float32", scope="local")
                     acc = T.alloc_buffer((rpt,), "float32x4", scope="local")
                     st = T.alloc_buffer((4,), "float32", scope="local")  # running max, sum; tile max, sum
-                    srow = T.alloc_buffer((bk,), "float32", scope="local")  # softmax: this thread's score row
+                    e = T.alloc_buffer((1,), "float32", scope="local")
                     rot = T.alloc_buffer((2,), "float32x4", scope="local")
                     kh = T.meta_var(by * heads // group)
                     past = T.meta_var(total - seq)
@@ -198,16 +205,15 @@ def prefill_attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, k
                         if tx < rows:
                             st[2] = st[0]
                             for j in T.unroll(bk):
-                                srow[j] = s_sh[j, tx]
-                                st[2] = T.max(st[2], srow[j])
+                                st[2] = T.max(st[2], s_sh[j, tx])
                             st[3] = T.float32(0)
                             for j in T.unroll(bk):
-                                srow[j] = _flushed_exp(srow[j] - st[2])
-                                p_sh[j, tx] = srow[j]
-                                st[3] = st[3] + srow[j]
-                            srow[0] = _flushed_exp(st[0] - st[2])
-                            alpha[tx] = srow[0]
-                            st[1] = st[1] * srow[0] + st[3]
+                                e[0] = _flushed_exp(s_sh[j, tx] - st[2])
+                                p_sh[j, tx] = e[0]
+                                st[3] = st[3] + e[0]
+                            e[0] = _flushed_exp(st[0] - st[2])
+                            alpha[tx] = e[0]
+                            st[1] = st[1] * e[0] + st[3]
                             st[0] = st[2]
                         for it in T.unroll(loads):
                             if exact_loads or it * threads + tx < bk * hd4:

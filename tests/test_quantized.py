@@ -98,7 +98,8 @@ def test_group_must_divide_k():
 def test_gemv_variants_against_numpy(fmt):
     """Each schedule the tuner may pick (``gemv.schedule_list``: the list the generators compile),
     with each fusion, on dequantized weights (f64 numpy); the cases with every schedule have K
-    tails of every schedule's K loop (masked steps)."""
+    tails of every schedule's K loop (masked steps), odd and even group counts per row (q4 scale
+    pairs need an even one)."""
     from lowering.build import build_kernel
     from lowering.kernels import gemv
     from lowering.kernels.spec import KernelSpec
@@ -112,7 +113,8 @@ def test_gemv_variants_against_numpy(fmt):
     # (n, k, residual, norm eps, swiglu, every schedule): row tails, K tails of every tr
     cases = [(389, 64, False, None, False, False), (3, 1056, False, None, False, True),
              (64, 160, True, None, False, False), (70, 96, False, 1e-6, False, False),
-             (40, 224, True, 1e-5, True, True), (130, 2080, False, 1e-6, False, True)]
+             (40, 224, True, 1e-5, True, True), (130, 2080, False, 1e-6, False, True),
+             (37, 1984, True, None, True, True)]
     for n, k, res, eps, swiglu, every in cases:
         a = rng.standard_normal((1, k)).astype(np.float32)
         w, u = encode(_weights(rng, n, k), f), encode(_weights(rng, n, k), f)

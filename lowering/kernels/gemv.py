@@ -4,15 +4,22 @@ Why not dlight: TVM's WebGPU codegen types every storage buffer by its element, 
 "vectorized" loads come out as one 2-byte load per f16 weight. Declaring the weight and the
 activation as ``float16x4`` / ``float32x4`` buffers makes every load a 8/16-byte vector load, and
 WGSL's ``dot`` does the 4-wide multiply-add. The schedule is a family, swept by measurement
-(``python -m runtime.tune`` on the device): ``ts`` rows per workgroup (threadIdx.y), ``tr`` threads splitting
-each row's K (threadIdx.x, consecutive threads read consecutive 8/16-byte vectors: coalesced),
-a shared-memory tree reduction across ``tr``. Row and K tails are guarded, so any N and any K
-divisible by 4 work.
+(``python -m runtime.tune`` on the device, ``Schedule``): ``ts`` row groups per workgroup
+(threadIdx.y), ``tr`` threads splitting each row's K (threadIdx.x, consecutive threads read
+consecutive 8/16-byte vectors: coalesced), partial sums combined in shared memory. Row and K
+tails are clamped and masked, so any N and any K divisible by 4 work.
 
-Quantized weights (``q8`` / ``q4``, ``common.weight_format``) use the same loop: a thread's step
-reads one u32 word of codes (4 or 8 values, one or two activation vec4s), dequantizes it in
-registers and scales the word's dot product by its group's f16 scale
-(``lowering.kernels.quant``); every fusion below works for every format.
+Quantized weights (``q8`` / ``q4``, ``common.weight_format``) use the same loop with 16-byte
+loads (``vec4<u32>``: a whole q4 group of 32 codes, half a q8 group), dequantized in registers by
+``lowering.kernels.quant``, each load's dot product scaled once by its group's f16 scale. Their
+own schedules (``QUANT_SCHEDULES``), because a q4 row is 3.6x shorter than an f16 one: with the
+wide float schedules (64-256 threads per row) each thread made one or two loads before a
+log2(tr)-barrier reduction (the likely cause of 743 GB/s of packed bytes on the H200 vs 2137 for
+f16: per-thread work too small to hide latency and the reduction). Here few threads
+share a row (4-32), each thread owns ``rows`` rows (one activation load feeds them all) and
+issues the loads of ``depth`` steps before their math (several independent 16-byte loads in
+flight per thread), and ``span`` 2 reads two adjacent elements per step (a q4 thread's two scales
+in one 4-byte load). Every fusion below works for every format and schedule.
 """
 
 
@@ -39,14 +46,17 @@ class Schedule:
     each row's K (threadIdx.x), ``rows`` rows per thread (they share each activation load),
     ``words`` u32 words per quantized load (4: one 16-byte ``vec4<u32>`` load = a whole q4 group),
     ``depth`` K steps per iteration of the K loop whose weight loads are all issued before any of
-    their math (0: the whole K loop unrolled). Partial sums meet in shared memory: a tree (log2
-    ``tr`` barriers) for wide rows, else one barrier and a serial sum by one thread per row."""
+    their math (0: the whole K loop unrolled), ``span`` adjacent 16-byte loads per row and step
+    (2: a q4 thread reads its two groups' scales as one ``vec2<f16>``, a q8 thread a whole group
+    and one scale). Partial sums meet in shared memory: a tree (log2 ``tr`` barriers) for wide
+    rows, else one barrier and a serial sum by one thread per row."""
 
     ts: int
     tr: int
     words: int = 1
     rows: int = 1
     depth: int = 0
+    span: int = 1
 
     @property
     def tree(self) -> bool:
@@ -54,17 +64,22 @@ class Schedule:
 
     @property
     def name(self) -> str:
-        """``vec4-gemv(ts=2,tr=64)``; the 16-byte-load schedules add ``w4``, ``r<rows>`` and ``d<depth>``."""
+        """``vec4-gemv(ts=2,tr=64)``; the 16-byte-load schedules add ``w4``, ``r<rows>``, ``d<depth>``
+        and ``s<span>``."""
         extra = "".join(f",{tag}{v}" for tag, v, default in (("w", self.words, 1), ("r", self.rows, 1),
-                                                             ("d", self.depth, 0)) if v != default)
+                                                             ("d", self.depth, 0), ("s", self.span, 1))
+                        if v != default)
         return f"vec4-gemv(ts={self.ts},tr={self.tr}{extra})"
 
 
 # Quantized weights: few threads per row (each streams many 16-byte groups), several rows per
-# thread, loads issued ``depth`` steps ahead; plus two of the wide schedules above for comparison.
+# thread, loads issued ``depth`` steps ahead; 4 to 64 rows per workgroup (a 2560-row GEMV has only
+# 160 workgroups of 16 rows for 132 SMs: unbalanced; a 150k-row lm_head has plenty); plus two of
+# the wide schedules above (the previous family) for comparison.
 QUANT_SCHEDULES: tuple[Schedule, ...] = (
     Schedule(8, 16, 4, 2, 2), Schedule(16, 8, 4, 1, 4), Schedule(8, 8, 4, 2, 4), Schedule(8, 8, 4, 4, 2),
     Schedule(4, 16, 4, 4, 2), Schedule(32, 4, 4, 2, 4), Schedule(4, 32, 4, 2, 2), Schedule(8, 32, 4, 1, 4),
+    Schedule(4, 16, 4, 1, 4), Schedule(8, 16, 4, 2, 1, 2), Schedule(16, 8, 4, 1, 2, 2),
     Schedule(2, 64, 4), Schedule(4, 32, 4))
 
 
@@ -117,8 +132,8 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
     ``kv_dtype``: the cache's element type (rows are rounded to it once, at the store).
 
     K steps past the end of a row (a K loop rounded up to whole iterations) read the row's last
-    element again (in bounds, cached) against a zeroed activation, so they add nothing and need no
-    branch: a branch around each step would keep the compiler from hoisting its loads.
+    element and its activation again (in bounds, cached) and multiply their contribution by 0, so
+    they need no branch: a branch around each step would keep the compiler from hoisting its loads.
     """
     if k % 4:
         raise ValueError("vec4 GEMV needs K divisible by 4")
@@ -127,6 +142,7 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
         raise ValueError("tr must be a power of two")
     if nr > tr and not sched.tree:
         raise ValueError("rows per thread must not exceed tr (one thread finishes each row)")
+    span = sched.span
     tree = sched.tree
     levels = tr.bit_length() - 1 if tree else 0
     k4 = k // 4
@@ -140,9 +156,16 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
     rw, ru, rx = (WeightRead(wdtype, rows, k, sched.words) for rows in (n1, n2, n3))
     quant, unit, ku = rw.quantized, rw.unit, rw.units  # a thread's step: one data element of a row
     gdtype = gdtype or ("float16" if quant else wdtype)
-    av = rw.unit_values // 4  # activation vec4s per step
-    blocks, depth = _k_blocks((ku + tr - 1) // tr, sched.depth)
-    masked = blocks * depth * tr != ku  # some steps fall past the row's end
+    if span > 1 and not (quant and sched.words == 4 and span == 2):
+        raise ValueError("span 2 is for quantized 16-byte loads")
+    av = rw.unit_values // 4  # activation vec4s per data element
+    blocks, depth = _k_blocks((ku + tr * span - 1) // (tr * span), sched.depth)
+    masked = blocks * depth * tr * span != ku  # some elements fall past the row's end
+    # span 2: q4's two groups' scales as one vec2<f16> (a row's scale count must be even to keep
+    # the pairs aligned), q8's two halves of one group share one scale
+    pair = span == 2 and rw.fmt.bits == 4 and ku % 2 == 0
+    sstride = 0 if span == 2 and rw.fmt.bits == 8 else 1  # scale slot step per element
+    sdtype, sdiv = ("float16x2", 2) if pair else ("float16", 1)
     rpw = ts * nr  # rows per workgroup
     nsum, jst, lst = (1, 0, tr) if tree else (tr, rpw, 1)  # finishing sum: red[j * jst + lid * lst]
     nsum2, jst2, lst2 = (1, 0, tr) if tree else (tr, ts, 1)  # the same for the norm (one per row group)
@@ -150,22 +173,41 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
     csize = kvh * ctx * hd if to_cache and not seg else n
     cdtype = kv_dtype if to_cache and not seg else "float32"
     ahead = depth if sched.depth > 0 else 1  # steps whose loads go first (the wide schedules: one)
-    nld = ahead * nr  # weight elements loaded ahead per thread
+    nld = ahead * nr * span  # weight elements loaded ahead per thread
 
     def clamp(u):
-        """A step's element index, kept in the row where the loop runs past its end."""
+        """An element index, kept in the row where the loop runs past its end."""
         return T.min(u, ku - 1) if masked else u
 
-    def term(a, word, scale):
-        """One step's contribution to a row: the dot product, times the group scale if quantized."""
-        return rw.unit_dot(a, word) * scale if quant else rw.unit_dot(a, word)
+    def live(x, u):
+        """``x``, or 0 for an element ``u`` past the row's end (a multiply, not a branch or a
+        ``select``: TVM turns a ``select`` around a load into a branch)."""
+        return x * T.Cast("float32", u < ku) if masked else x
+
+    def term(a, base, word, scale, u):
+        """Element ``u``'s contribution to a row: the dot product (times the group scale if quantized)."""
+        return live(rw.unit_dot(a, word, base) * scale if quant else rw.unit_dot(a, word, base), u)
+
+    @T.macro
+    def load(Wb, Sb, rd, rrow, wbuf, sbuf, slot, e0):
+        """The ``span`` elements of row ``rrow`` from ``e0`` and their scales into slot ``slot``."""
+        for j in T.unroll(span):
+            wbuf[slot * span + j] = Wb[rrow, clamp(e0 + j)]
+        if quant:
+            if pair:
+                both = T.Cast("float32x2", Sb[rd.pair_index(rrow, clamp(e0))])  # one 4-byte load
+                sbuf[slot * span] = T.Shuffle([both], [0])
+                sbuf[slot * span + 1] = T.Shuffle([both], [1])
+            else:
+                for j in T.unroll(1 + (span - 1) * sstride):
+                    sbuf[slot * span + j] = rd.unit_scale(Sb, rrow, clamp(e0 + j))
 
     def build():
         @T.prim_func(private=True)
         def gemv(A: T.Buffer((1, k4), "float32x4"), W: T.Buffer((n1, ku), dtype=unit),
-                 WS: T.Buffer((rw.scale_len,), "float16"), U: T.Buffer((n2, ku), dtype=unit),
-                 US: T.Buffer((ru.scale_len,), "float16"), X: T.Buffer((n3, ku), dtype=unit),
-                 XS: T.Buffer((rx.scale_len,), "float16"), G: T.Buffer((k4,), dtype=f"{gdtype}x4"),
+                 WS: T.Buffer((rw.scale_len // sdiv,), sdtype), U: T.Buffer((n2, ku), dtype=unit),
+                 US: T.Buffer((ru.scale_len // sdiv,), sdtype), X: T.Buffer((n3, ku), dtype=unit),
+                 XS: T.Buffer((rx.scale_len // sdiv,), sdtype), G: T.Buffer((k4,), dtype=f"{gdtype}x4"),
                  R: T.Buffer((1, n), "float32"), C: T.Buffer((csize,), dtype=cdtype),
                  KV: T.Buffer((kvh * ctx * hd,), dtype=kv_dtype), total: T.int32):
             for bx in T.thread_binding((n + rpw - 1) // rpw, thread="blockIdx.x"):
@@ -178,7 +220,7 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
                         acc = T.alloc_buffer((nd * nr,), "float32", scope="local")
                         ssq = T.alloc_buffer((1,), "float32", scope="local")
                         fin = T.alloc_buffer((3,), "float32", scope="local")
-                        a = T.alloc_buffer((av,), "float32x4", scope="local")
+                        a = T.alloc_buffer((av * span,), "float32x4", scope="local")
                         wq = T.alloc_buffer((nld,), unit, scope="local")  # loaded ahead of the math
                         uq = T.alloc_buffer((nld,), unit, scope="local")
                         sc = T.alloc_buffer((nld,), "float32", scope="local")
@@ -192,44 +234,39 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
                                 for ii in T.unroll(ahead):
                                     for r in T.unroll(nr):
                                         row = T.min(bx * rpw + ty * nr + r, n - 1)
-                                        uu = clamp((io * depth + ib * ahead + ii) * tr + tx)
+                                        e0 = ((io * depth + ib * ahead + ii) * tr + tx) * span
                                         if seg:
                                             if row < n1:
-                                                wq[ii * nr + r] = W[row, uu]
-                                                if quant:
-                                                    sc[ii * nr + r] = rw.unit_scale(WS, row, uu)
+                                                load(W, WS, rw, row, wq, sc, ii * nr + r, e0)
                                             elif row < n1 + n2:
-                                                wq[ii * nr + r] = U[row - n1, uu]
-                                                if quant:
-                                                    sc[ii * nr + r] = ru.unit_scale(US, row - n1, uu)
+                                                load(U, US, ru, row - n1, wq, sc, ii * nr + r, e0)
                                             else:
-                                                wq[ii * nr + r] = X[row - n1 - n2, uu]
-                                                if quant:
-                                                    sc[ii * nr + r] = rx.unit_scale(XS, row - n1 - n2, uu)
+                                                load(X, XS, rx, row - n1 - n2, wq, sc, ii * nr + r, e0)
                                         else:
-                                            wq[ii * nr + r] = W[row, uu]
-                                            if quant:
-                                                sc[ii * nr + r] = rw.unit_scale(WS, row, uu)
+                                            load(W, WS, rw, row, wq, sc, ii * nr + r, e0)
                                         if swiglu:
-                                            uq[ii * nr + r] = U[row, uu]
-                                            if quant:
-                                                usc[ii * nr + r] = ru.unit_scale(US, row, uu)
+                                            load(U, US, ru, row, uq, usc, ii * nr + r, e0)
                                 for ii in T.unroll(ahead):
-                                    u = (io * depth + ib * ahead + ii) * tr + tx  # may be past the end
-                                    for v in T.unroll(av):
-                                        if masked:  # past the end: a zero activation (the weight load is clamped)
-                                            a[v] = T.if_then_else(u < ku, A[0, clamp(u) * av + v],
-                                                                  T.Broadcast(T.float32(0), 4))
-                                        else:
-                                            a[v] = A[0, u * av + v]
-                                        if norm:
-                                            ssq[0] = ssq[0] + T.call_pure_extern("float32", "dot", a[v], a[v])
-                                            a[v] = a[v] * T.Cast("float32x4", G[clamp(u) * av + v])
+                                    for j in T.unroll(span):
+                                        u = ((io * depth + ib * ahead + ii) * tr + tx) * span + j  # may be past the end
+                                        for v in T.unroll(av):
+                                            a[j * av + v] = A[0, clamp(u) * av + v]
+                                            if norm:
+                                                ssq[0] = ssq[0] + live(T.call_pure_extern(
+                                                    "float32", "dot", a[j * av + v], a[j * av + v]), u)
+                                                a[j * av + v] = a[j * av + v] * T.Cast("float32x4",
+                                                                                       G[clamp(u) * av + v])
                                     for r in T.unroll(nr):
-                                        acc[r * nd] = acc[r * nd] + term(a, wq[ii * nr + r], sc[ii * nr + r])
-                                        if swiglu:
-                                            acc[r * nd + 1] = acc[r * nd + 1] + term(a, uq[ii * nr + r],
-                                                                                     usc[ii * nr + r])
+                                        for j in T.unroll(span):
+                                            acc[r * nd] = acc[r * nd] + term(
+                                                a, j * av, wq[(ii * nr + r) * span + j],
+                                                sc[(ii * nr + r) * span + j * sstride],
+                                                ((io * depth + ib * ahead + ii) * tr + tx) * span + j)
+                                            if swiglu:
+                                                acc[r * nd + 1] = acc[r * nd + 1] + term(
+                                                    a, j * av, uq[(ii * nr + r) * span + j],
+                                                    usc[(ii * nr + r) * span + j * sstride],
+                                                    ((io * depth + ib * ahead + ii) * tr + tx) * span + j)
                         for r in T.unroll(nr):
                             red0[tx * wa + (ty * nr + r) * wb] = acc[r * nd]
                             if swiglu:

@@ -98,18 +98,26 @@ class WeightRead:
         """The f32 scale of data element ``u`` of ``row`` (its values share one group)."""
         return self.scale(S, row, u * self.unit_values)
 
-    def unit_dot(self, a, word):
+    def pair_index(self, row, u):
+        """Index, in ``vec2<f16>`` pairs of the buffer, of the pair holding the scale of data
+        element ``u`` of ``row``: for a 16-byte q4 element (a group) at an even ``u`` (the row's
+        group count even), the scales of elements ``u`` and ``u + 1``."""
+        groups = self.cols // self.fmt.group
+        return (self.fmt.scale_offset(self.rows, self.cols) + row * groups + u * self.unit_values
+                // self.fmt.group) // 2
+
+    def unit_dot(self, a, word, base=0):
         """``sum`` over one data element ``word`` (loaded by the caller, so that a kernel can issue
-        all its loads before the math) of the activation vec4s ``a[0 ..]`` times the weight values;
+        all its loads before the math) of the activation vec4s ``a[base ..]`` times the weight values;
         for a quantized format *before* the group's scale (the caller multiplies by
         ``unit_scale`` once per element: its values share one group)."""
         if not self.quantized:
-            return T.call_pure_extern("float32", "dot", a[0], T.Cast("float32x4", word))
+            return T.call_pure_extern("float32", "dot", a[base], T.Cast("float32x4", word))
         if self.words != 4:
             raise ValueError("quantized GEMV steps are 16-byte loads (words=4)")
-        return self._planes_dot(a, word)
+        return self._planes_dot(a, word, base)
 
-    def _planes_dot(self, a, word):
+    def _planes_dot(self, a, word, base):
         """``unit_dot`` of a 16-byte element (``uint32x4``), by code *position* across its 4 words.
 
         Why: fewer instructions per code than ``codes4``. Position ``p`` (nibble or byte) of all 4
@@ -132,7 +140,7 @@ class WeightRead:
                 vals = T.reinterpret("float32x4", (src & mask) | T.Broadcast(T.uint32(_TWO23_BITS), 4)) - bias
                 # activation of code position h*half + p of word j: value per*j + h*half + p of the element
                 idx = [per * j + h * half + p for j in range(4)]
-                act = T.Shuffle([a[i // 4] for i in idx], [4 * n + i % 4 for n, i in enumerate(idx)])
+                act = T.Shuffle([a[base + i // 4] for i in idx], [4 * n + i % 4 for n, i in enumerate(idx)])
                 dot = T.call_pure_extern("float32", "dot", act, vals)
                 d = dot if d is None else d + dot
             d = d * T.float32(2.0 ** -(bits * p)) if p else d

@@ -30,7 +30,9 @@ class Node:
     generators read); ``meta`` holds annotations nothing computes with, like torch.fx's
     ``node.meta``: why a pass chose what it did (``reason``), which traced nodes a fused node
     covers (``covers``), which matmul a chunk was ``split_of``, the classified matmuls a fused
-    kernel performs (``fused_matmuls``). Passes may rewrite attrs freely; tools only read meta."""
+    kernel performs (``fused_matmuls``), the op a view ``was`` before a rewrite. Passes may
+    consult meta in their patterns (a ``split_of`` chunk is not fused further), ``lowering.dump``
+    shows it; shape rules, the reference executor and kernel generators never read it."""
 
     name: str
     op: str

@@ -135,7 +135,9 @@ def check_every_kernel(module, tol: float, alternates: frozenset[str] = frozense
 
 @pytest.mark.parametrize("wdtype", ["float32", "float16"])
 def test_every_gemv_variant_against_numpy(wdtype):
-    """Each schedule the tuner may pick, on shapes with row and K tails, with and without the residual."""
+    """Each schedule the tuner may pick, on shapes with row and K tails, with and without the residual;
+    K=6172 runs the K loops of the ``depth`` schedules for several iterations, the last one's steps
+    partly past the row's end (masked), with two rows per thread over an odd N."""
     from lowering.build import build_kernel
     from lowering.kernels import gemv
     from lowering.kernels.spec import KernelSpec
@@ -143,7 +145,8 @@ def test_every_gemv_variant_against_numpy(wdtype):
     dev = open_device()
     rng = np.random.default_rng(1)
     cases = [(389, 64, False, None, False), (64, 160, True, None, False), (3, 1028, False, None, False),
-             (70, 96, False, 1e-6, False), (33, 64, False, None, True), (40, 132, True, 1e-5, True)]
+             (70, 96, False, 1e-6, False), (33, 64, False, None, True), (40, 132, True, 1e-5, True),
+             (7, 6172, True, 1e-6, True)]
     for n, k, res, eps, swiglu in cases:
         a = rng.standard_normal((1, k)).astype(np.float32)
         w, u = (rng.standard_normal((n, k)).astype(_NP[wdtype]) for _ in range(2))

@@ -19,7 +19,9 @@ f16: per-thread work too small to hide latency and the reduction). Here few thre
 share a row (4-32), each thread owns ``rows`` rows (one activation load feeds them all) and
 issues the loads of ``depth`` steps before their math (several independent 16-byte loads in
 flight per thread), and ``span`` 2 reads two adjacent elements per step (a q4 thread's two scales
-in one 4-byte load). Every fusion below works for every format and schedule.
+in one 4-byte load). Float weights have the wide schedules and, from the same machinery, ones
+with two rows per thread, a ``depth`` K loop instead of the fully unrolled one, and span 2
+(``FLOAT_SCHEDULES``). Every fusion below works for every format and schedule.
 """
 
 
@@ -48,8 +50,9 @@ class Schedule:
     ``depth`` K steps per iteration of the K loop whose weight loads are all issued before any of
     their math (0: the whole K loop unrolled), ``span`` adjacent 16-byte loads per row and step
     (2: a q4 thread reads its two groups' scales as one ``vec2<f16>``, a q8 thread a whole group
-    and one scale). Partial sums meet in shared memory: a tree (log2 ``tr`` barriers) for wide
-    rows, else one barrier and a serial sum by one thread per row."""
+    and one scale; for a float weight two adjacent vec4s, 16 bytes of f16 per row and step). Partial
+    sums meet in shared memory: a tree (log2 ``tr`` barriers) for wide rows (``tr`` >= 32 with one
+    row per thread, >= 64 with two), else one barrier and a serial sum by one thread per row."""
 
     ts: int
     tr: int
@@ -60,7 +63,7 @@ class Schedule:
 
     @property
     def tree(self) -> bool:
-        return self.rows == 1 and self.tr >= 32
+        return (self.rows == 1 and self.tr >= 32) or (self.rows == 2 and self.tr >= 64)
 
     @property
     def name(self) -> str:
@@ -75,19 +78,40 @@ class Schedule:
 # Quantized weights: few threads per row (each streams many 16-byte groups), several rows per
 # thread, loads issued ``depth`` steps ahead; 4 to 64 rows per workgroup (a 2560-row GEMV has only
 # 160 workgroups of 16 rows for 132 SMs: unbalanced; a 150k-row lm_head has plenty); plus two of
-# the wide schedules above (the previous family) for comparison.
+# the wide schedules above (the previous family) for comparison; then 1-2 rows per workgroup for
+# small N.
 QUANT_SCHEDULES: tuple[Schedule, ...] = (
     Schedule(8, 16, 4, 2, 2), Schedule(16, 8, 4, 1, 4), Schedule(8, 8, 4, 2, 4), Schedule(8, 8, 4, 4, 2),
     Schedule(4, 16, 4, 4, 2), Schedule(32, 4, 4, 2, 4), Schedule(4, 32, 4, 2, 2), Schedule(8, 32, 4, 1, 4),
     Schedule(4, 16, 4, 1, 4), Schedule(8, 16, 4, 2, 1, 2), Schedule(16, 8, 4, 1, 2, 2),
-    Schedule(2, 64, 4), Schedule(4, 32, 4))
+    Schedule(2, 64, 4), Schedule(4, 32, 4),
+    # small N (the 0.6B shapes: N 1024..4096, K 1024..3072): 1-2 rows per workgroup, so N=1024 is
+    # 512-1024 workgroups on 132 SMs instead of 64-128; each thread one 16-byte group per row and
+    # step, two steps' loads in flight
+    Schedule(1, 32, 4, 1, 2), Schedule(1, 64, 4, 1, 2), Schedule(2, 16, 4, 1, 2, 2))
+
+
+# Float weights: the wide schedules above (the whole K loop unrolled, one row per thread; the
+# first stays the default), then ones with the 16-byte-load machinery, for the 4B decode shapes
+# (K 2560..9728, N 2560..19456 and the lm_head's chunks): two rows per thread share each activation
+# load (half the activation traffic and its L1 pressure per weight byte), a K loop of ``depth``
+# steps (4: eight vec4 loads in flight per thread with two rows) instead of 38 unrolled steps for
+# K=9728 at tr=64, and span 2 (two adjacent f16 vec4s: 16 bytes per row and step).
+FLOAT_SCHEDULES: tuple[Schedule, ...] = (
+    *(Schedule(ts, tr) for ts, tr in VARIANTS),
+    Schedule(2, 64, rows=2, depth=4),   # 4 rows/workgroup: 640 workgroups for N=2560 (o, down)
+    Schedule(1, 128, rows=2, depth=4),  # 2 rows/workgroup, long K (down: 19 steps -> 5 x 4)
+    Schedule(4, 64, rows=2, depth=2),   # 8 rows/workgroup, 256 threads: wide N (qkv, gate/up, lm_head)
+    Schedule(2, 64, depth=4, span=2),   # 16-byte f16 steps, one row per thread
+    Schedule(2, 128, depth=4),          # (2, 128) with a K loop instead of full unrolling for long K
+)
 
 
 def schedule_list(wdtype: str) -> list[Schedule]:
     """The schedules ``runtime.tune`` chooses among for a weight of this dtype, the default first."""
     if of_dtype(wdtype).quantized:
         return list(QUANT_SCHEDULES)
-    return [Schedule(ts, tr) for ts, tr in VARIANTS]
+    return list(FLOAT_SCHEDULES)
 
 
 def schedules(n: int, k: int, wdtype: str, residual: bool = False, **fusions) -> list[tuple[str, Callable]]:
@@ -140,7 +164,7 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
     ts, tr, nr = sched.ts, sched.tr, sched.rows
     if 1 << (tr.bit_length() - 1) != tr:
         raise ValueError("tr must be a power of two")
-    if nr > tr and not sched.tree:
+    if nr > tr:
         raise ValueError("rows per thread must not exceed tr (one thread finishes each row)")
     span = sched.span
     tree = sched.tree
@@ -156,8 +180,8 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
     rw, ru, rx = (WeightRead(wdtype, rows, k, sched.words) for rows in (n1, n2, n3))
     quant, unit, ku = rw.quantized, rw.unit, rw.units  # a thread's step: one data element of a row
     gdtype = gdtype or ("float16" if quant else wdtype)
-    if span > 1 and not (quant and sched.words == 4 and span == 2):
-        raise ValueError("span 2 is for quantized 16-byte loads")
+    if span > 1 and not (span == 2 and (not quant or sched.words == 4)):
+        raise ValueError("span 2 is for float vec4 or quantized 16-byte loads")
     av = rw.unit_values // 4  # activation vec4s per data element
     blocks, depth = _k_blocks((ku + tr * span - 1) // (tr * span), sched.depth)
     masked = blocks * depth * tr * span != ku  # some elements fall past the row's end
@@ -275,12 +299,31 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
                             red2[tx * wa2 + ty * wb2] = ssq[0]
                         T.tvm_storage_sync("shared")
                         for s in T.unroll(levels):
-                            if tx < (tr >> (s + 1)):  # unrolled by hand: no loops under a sync'd condition
-                                red0[ty * tr + tx] = red0[ty * tr + tx] + red0[ty * tr + tx + (tr >> (s + 1))]
-                                if swiglu:
-                                    red1[ty * tr + tx] = red1[ty * tr + tx] + red1[ty * tr + tx + (tr >> (s + 1))]
-                                if norm:
-                                    red2[ty * tr + tx] = red2[ty * tr + tx] + red2[ty * tr + tx + (tr >> (s + 1))]
+                            if nr == 1:
+                                if tx < (tr >> (s + 1)):  # unrolled by hand: no loops under a sync'd condition
+                                    red0[ty * tr + tx] = red0[ty * tr + tx] + red0[ty * tr + tx + (tr >> (s + 1))]
+                                    if swiglu:
+                                        red1[ty * tr + tx] = red1[ty * tr + tx] + red1[ty * tr + tx + (tr >> (s + 1))]
+                                    if norm:
+                                        red2[ty * tr + tx] = red2[ty * tr + tx] + red2[ty * tr + tx + (tr >> (s + 1))]
+                            else:
+                                # two rows per thread: thread p = ty * tr + tx adds pair p of the level's
+                                # rpw * half pairs (row p // half at red0[row * tr ..]): ts * tr pairs at most
+                                if ty * tr + tx < rpw * (tr >> (s + 1)):
+                                    red0[(ty * tr + tx) // (tr >> (s + 1)) * tr + (ty * tr + tx) % (tr >> (s + 1))] = (
+                                        red0[(ty * tr + tx) // (tr >> (s + 1)) * tr + (ty * tr + tx) % (tr >> (s + 1))]
+                                        + red0[(ty * tr + tx) // (tr >> (s + 1)) * tr + (ty * tr + tx) % (tr >> (s + 1))
+                                               + (tr >> (s + 1))])
+                                    if swiglu:
+                                        red1[(ty * tr + tx) // (tr >> (s + 1)) * tr
+                                             + (ty * tr + tx) % (tr >> (s + 1))] = (
+                                            red1[(ty * tr + tx) // (tr >> (s + 1)) * tr
+                                                 + (ty * tr + tx) % (tr >> (s + 1))]
+                                            + red1[(ty * tr + tx) // (tr >> (s + 1)) * tr
+                                                   + (ty * tr + tx) % (tr >> (s + 1)) + (tr >> (s + 1))])
+                                if norm:  # one sum of squares per row group
+                                    if tx < (tr >> (s + 1)):
+                                        red2[ty * tr + tx] = red2[ty * tr + tx] + red2[ty * tr + tx + (tr >> (s + 1))]
                             T.tvm_storage_sync("shared")
                         # thread lid finishes the workgroup's row lid
                         if ty * tr + tx < rpw and bx * rpw + ty * tr + tx < n:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.cli_help import HelpFormatter
 from common.errors import UserError, cli_main
+from lowering.options import LowerOptions  # a dataclass alone: no TVM import before the flags are checked
 
 _DTYPES = {"f16": "float16", "f32": "float32"}
 
@@ -31,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
                     "or the model's max_position_embeddings if smaller)")
     ap.add_argument("--kv-dtype", default="f16", help="KV cache storage, one of f16, f32 (f16 halves the cache "
                     "memory and attention's reads; default: f16)")
-    ap.add_argument("--attention-splits", type=int, default=32, help="decode attention splits the cache into up to "
-                    "N pieces per kv head, one workgroup each (flash-decoding; 1: one workgroup per kv head and "
-                    "no combine dispatch; default: 32)")
+    ap.add_argument("--attention-splits", type=int, default=LowerOptions.attention_splits,
+                    help="decode attention splits the cache into up to N pieces per kv head, one workgroup each "
+                    "(flash-decoding; 1: one workgroup per kv head and no combine dispatch; default: "
+                    f"{LowerOptions.attention_splits})")
     ap.add_argument("--unfused-prefill-attention", action="store_true", help="keep prefill attention as batched "
                     "GEMMs + softmax over a [heads, seq, total] score tensor instead of one flash-attention kernel "
                     "(the baseline to time it against)")
@@ -61,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     from common.atomic import check_writable
     from frontend.config import default_notes, load_config
     from lowering.module import compile_model
-    from lowering.options import LowerOptions
 
     cfg = load_config(a.model_dir)
     for note in default_notes(cfg, a.model_dir / "config.json"):

@@ -34,6 +34,7 @@ from runtime.weight_cache import load as load_packed
 
 # what the GPU memory of a loaded model is spent on (bench.py reports each)
 MEMORY_CLASSES = ("weights", "kv", "activations", "constants", "staging")
+UPLOAD_FLUSH_BYTES = 256 << 20
 # Share of a step's dispatches submitted before the rest is encoded (see Executor._encode).
 FIRST_SHARE = 0.375
 
@@ -144,11 +145,18 @@ class Executor:
         packed = load_packed(self.module.path, [w for w in specs if FORMATS[w.format].quantized],
                              mf.weights_fingerprint, self._source, self.verbose)
         progress = Progress("uploading weights", len(specs)) if self.verbose else None
+        staged = 0
         for w in specs:
             data = packed.pop(w.key) if w.key in packed else encode(self._source(w), FORMATS[w.format])
             if data.nbytes % 4:
                 data = np.concatenate([data, np.zeros(4 - data.nbytes % 4, np.uint8)])
             self.shared[w.key] = self._buffer(data.nbytes, w.param, data=data, kind="weights")
+            # each upload goes through a staging copy that wgpu frees only once the queue has run
+            # it: flush every UPLOAD_FLUSH_BYTES, or the process peaks at twice the weights
+            staged += data.nbytes
+            if staged >= UPLOAD_FLUSH_BYTES:
+                wait_idle(self.device)
+                staged = 0
             if progress:
                 progress.step()
         if progress:

@@ -88,7 +88,12 @@ QUANT_SCHEDULES: tuple[Schedule, ...] = (
     # small N (the 0.6B shapes: N 1024..4096, K 1024..3072): 1-2 rows per workgroup, so N=1024 is
     # 512-1024 workgroups on 132 SMs instead of 64-128; each thread one 16-byte group per row and
     # step, two steps' loads in flight
-    Schedule(1, 32, 4, 1, 2), Schedule(1, 64, 4, 1, 2), Schedule(2, 16, 4, 1, 2, 2))
+    Schedule(1, 32, 4, 1, 2), Schedule(1, 64, 4, 1, 2), Schedule(2, 16, 4, 1, 2, 2),
+    # one u32 word (8 q4 / 4 q8 codes) per thread and step, the wide schedules: the shape of the
+    # previous quantized GEMV, which ran the 4B q4 decode at 178 tok/s on the H200 where the
+    # 16-byte schedules above measured 100-700 GB/s in runtime.tune (146 tok/s): kept as
+    # candidates until the tuner shows which wins where
+    Schedule(2, 64), Schedule(4, 32), Schedule(1, 128), Schedule(4, 64))
 
 
 # Float weights: the wide schedules above (the whole K loop unrolled, one row per thread; the

@@ -9,8 +9,8 @@ start at ``scale_offset`` (layout: ``common.weight_format``). One u32 word holds
 codes; a code becomes ``f32(code - Q)`` through masks, float bits and one exact subtraction (no
 int -> float conversion), and the group's scale multiplies the dot product of a load's values with
 the activation once (the scale is per 32 values along K; a load never straddles two groups). The
-GEMV reads 16 bytes per load (``words=4``: a whole q4 group, half a q8 group); the GEMM's tile
-loads and the TE bodies one word.
+GEMV reads 16 bytes per load (``words=4``: a whole q4 group, half a q8 group) or one word (its
+wide schedules); the GEMM's tile loads and the TE bodies one word.
 """
 
 from __future__ import annotations
@@ -113,8 +113,14 @@ class WeightRead:
         ``unit_scale`` once per element: its values share one group)."""
         if not self.quantized:
             return T.call_pure_extern("float32", "dot", a[base], T.Cast("float32x4", word))
+        if self.words == 1:  # one u32 word: its codes four at a time (``codes4``)
+            total = None
+            for j in range(self.fmt.per_word // 4):
+                d = T.call_pure_extern("float32", "dot", a[base + j], self.codes4(word, 4 * j))
+                total = d if total is None else total + d
+            return total
         if self.words != 4:
-            raise ValueError("quantized GEMV steps are 16-byte loads (words=4)")
+            raise ValueError("quantized GEMV steps are one word or 16-byte loads (words=1 or 4)")
         return self._planes_dot(a, word, base)
 
     def _planes_dot(self, a, word, base):

@@ -4,7 +4,7 @@ Reads bench.py's results (one JSON line per metric, ``quantize`` names the forma
 ``LLAMACPP ...`` lines that ``benchmarks/gpu_suite.sh`` logs (prefixed with ``qtype=`` and
 ``prompt=``), keeps the latest value per (model, format, metric), and draws three panels per
 model size: decode tok/s after 128 tokens, decode at context 4096, prefill tok/s of 512 tokens,
-each as ours | llama.cpp bars per weight format (f16, q8, q4).
+each as ours | llama.cpp bars per weight format (f16, q8, q4) that both have numbers for.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def main(argv: list[str]) -> int:
     for row, size in enumerate(sizes):
         for col, (metric, title) in enumerate(PANELS):
             ax = axes[row][col]
-            fmts = [f for f in ("f16", "q8", "q4") if (size, f, metric) in a or (size, f, metric) in b]
+            # only formats the peer ran too: the claim is "both in the same device call"
+            fmts = [f for f in ("f16", "q8", "q4") if (size, f, metric) in a and (size, f, metric) in b]
             xs = range(len(fmts))
             ax.bar([x - 0.2 for x in xs], [a.get((size, f, metric), 0) for f in fmts], 0.4, label="qwen3-vk")
             ax.bar([x + 0.2 for x in xs], [b.get((size, f, metric), 0) for f in fmts], 0.4, label="llama.cpp Vulkan")

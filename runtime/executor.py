@@ -63,8 +63,7 @@ class _Phase:
     pod_stride: int
     logits: Any
     launches: LaunchTable
-    slots: list[Any] = field(default_factory=list)
-    greedy_tail: int = 0  # trailing dispatches (after the plan's) that put the argmax into the input ids
+    slots: list[Any] = field(default_factory=list)  # decode: programs/bind_groups end with the greedy argmax pair
 
 
 class Executor:
@@ -189,7 +188,7 @@ class Executor:
         groups = [prog.bind_group(self.device, bufs, pod_buffer, i * align)
                   for i, (prog, bufs) in enumerate(launches + tail)]
         return _Phase(plan.dispatches, programs, groups, pod_buffer, align, logits,
-                      LaunchTable(programs, align // 4), slots, len(tail))
+                      LaunchTable(programs, align // 4), slots)
 
     def _greedy_launches(self, logits: Any) -> list[tuple[KernelProgram, list[Any]]]:
         """The argmax kernels (``Manifest.greedy``): logits -> scratch -> the input-id buffer."""

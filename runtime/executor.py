@@ -57,13 +57,13 @@ class StepProfile:
 @dataclass
 class _Phase:
     dispatches: list[Dispatch]
-    programs: list[KernelProgram]
+    programs: list[KernelProgram]  # decode: the plan's dispatches, then the greedy argmax pair
     bind_groups: list[Any]
     pod_buffer: Any
     pod_stride: int
     logits: Any
     launches: LaunchTable
-    slots: list[Any] = field(default_factory=list)  # decode: programs/bind_groups end with the greedy argmax pair
+    slots: list[Any] = field(default_factory=list)
 
 
 class Executor:

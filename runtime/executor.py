@@ -288,6 +288,8 @@ class Executor:
         read: the host's encoding of hundreds of dispatches overlaps the GPU instead of adding to
         it, and only 4 bytes come back per token. The caller stops by closing the generator; the
         step then already queued runs for nothing, and ``cached_tokens`` does not claim its row."""
+        if steps <= 0:
+            return
         ph = self.phases["decode"]
         past = total - 1
         self.cached_tokens = self.cached_tokens[:past] if past <= len(self.cached_tokens) else []

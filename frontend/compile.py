@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                     "scales (quantized at the first load and cached in OUT; default: none)")
     ap.add_argument("--keep-lm-head", action="store_true", help="with --quantize: keep the lm_head (and the "
                     "embedding, when tied to it) in --weight-dtype")
+    ap.add_argument("--no-tuning-candidates", action="store_true", help="build only each kernel's default "
+                    "schedule, not the others runtime.tune chooses among (a compile several times faster; "
+                    "nothing to tune)")
     ap.add_argument("--max-context", type=int, default=None, help="KV cache capacity in tokens (default 4096 "
                     "or the model's max_position_embeddings if smaller)")
     ap.add_argument("--kv-dtype", default="f16", help="KV cache storage, one of f16, f32 (f16 halves the cache "
@@ -73,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = LowerOptions(weight_dtype=_DTYPES[a.weight_dtype], max_context=max_ctx,
                         prefill_chunk=min(a.prefill_chunk, max_ctx), kv_dtype=_DTYPES[a.kv_dtype],
                         attention_splits=a.attention_splits, quantize=a.quantize, keep_lm_head=a.keep_lm_head,
-                        fuse_prefill_attention=not a.unfused_prefill_attention)
+                        fuse_prefill_attention=not a.unfused_prefill_attention,
+                        tuning_candidates=not a.no_tuning_candidates)
     compile_model(a.model_dir, out, opts, force=a.force, dump_after=a.dump_after, use_cache=not a.no_cache)
     return 0
 

@@ -118,7 +118,8 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
         plans[phase] = Plan(tensors, slots, [], {n.attrs["name"]: storage_root(g, n.name) for n in g.by_op("output")})
     kernels: dict[str, Kernel] = {}
     alternates: dict[str, list[str]] = {}
-    progress = Progress("building kernels", sum(max(1, len(s.variants)) for s in specs.values()))
+    progress = Progress("building kernels", sum(max(1, len(s.variants)) if opts.tuning_candidates else 1
+                                                for s in specs.values()))
     cached = 0
     for key, spec in specs.items():
         k, hit = build_kernel(spec, names[key], use_cache)
@@ -126,7 +127,8 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
         cached += hit
         progress.step()
         # the other schedules of this kernel, for on-device tuning (python -m runtime.tune)
-        for i, (vname, builder) in enumerate(v for v in spec.variants if v[0] != k.rule):
+        others = [v for v in spec.variants if v[0] != k.rule] if opts.tuning_candidates else []
+        for i, (vname, builder) in enumerate(others):
             try:
                 alt, hit = build_kernel(replace(spec, variants=[(vname, builder)]), f"{k.name}.v{i + 1}", use_cache,
                                         first_variant_only=True)

@@ -25,3 +25,6 @@ class LowerOptions:
     # none | q8 | q4: 2-D weights (linears, embedding) in that common.weight_format, quantized at first load
     quantize: str = "none"
     keep_lm_head: bool = False  # with quantize: the lm_head (and a tied embedding) stays in weight_dtype
+    # build every kernel's other schedules too, for runtime.tune to choose among on the user's GPU;
+    # False: only the default schedules (a compile several times faster, nothing to tune)
+    tuning_candidates: bool = True

@@ -88,7 +88,7 @@ def hf_dirs(tmp_path_factory):
                 as_transformers_4(d, {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
                                   if v4 == "yarn" else None)
             out = d.with_suffix(".vkmod")
-            compile_model(d, out, LowerOptions("float32", CTX, 32), log=lambda *_: None)
+            compile_model(d, out, LowerOptions("float32", CTX, 32, tuning_candidates=False), log=lambda *_: None)
             made[name] = (d, out)
         return made[name]
 

@@ -64,7 +64,7 @@ def _value(arr, t, dims):
 
 @pytest.mark.parametrize("wdtype,tol", [("float32", 1e-5), ("float16", 2e-3)])
 def test_every_kernel_against_numpy(compiled, wdtype, tol):
-    module = load_compiled(compiled("tiny-gqa4", "f32", wdtype, max_context=704, prefill_chunk=64))
+    module = load_compiled(compiled("tiny-gqa4", "f32", wdtype, max_context=704, prefill_chunk=64, candidates=True))
     # every attention schedule the tuner may pick, as the module binds it (decode and prefill)
     assert check_every_kernel(module, tol, alternates=frozenset({"attention"})) == KCLASSES
 
@@ -345,7 +345,7 @@ def test_no_loop_bound_from_uniforms_alone(compiled, wdtype):
     """No emitted kernel (every schedule variant, prefill and decode) has a loop trip count or branch
     condition computed from uniforms alone: lavapipe would recompile it on every dispatch
     (``lowering.kernels.common.opaque_loop_extents``)."""
-    module = load_compiled(compiled("tiny-gqa4", "f32", wdtype, max_context=704, prefill_chunk=64))
+    module = load_compiled(compiled("tiny-gqa4", "f32", wdtype, max_context=704, prefill_chunk=64, candidates=True))
     scanned, found = 0, {}
     for name, wgsl in module.wgsl.items():
         bad, n = _uniform_only_conditions(wgsl)

@@ -40,12 +40,12 @@ def qmodule(model_dir, tmp_path_factory):
     made: dict[tuple, Path] = {}
 
     def get(preset: str, fmt: str, keep_lm_head: bool = False, max_binding_bytes: int = 128 << 20,
-            max_context: int = 128, prefill_chunk: int = 32) -> Path:
-        key = (preset, fmt, keep_lm_head, max_binding_bytes, max_context, prefill_chunk)
+            max_context: int = 128, prefill_chunk: int = 32, candidates: bool = False) -> Path:
+        key = (preset, fmt, keep_lm_head, max_binding_bytes, max_context, prefill_chunk, candidates)
         if key not in made:
             out = tmp_path_factory.mktemp("qmod") / f"{preset}.{fmt}"
             opts = LowerOptions("float32", max_context, prefill_chunk, max_binding_bytes, kv_dtype="float32",
-                                quantize=fmt, keep_lm_head=keep_lm_head)
+                                quantize=fmt, keep_lm_head=keep_lm_head, tuning_candidates=candidates)
             compile_model(model_dir(preset, "f32"), out, opts, log=lambda *_: None)
             made[key] = out
         return made[key]
@@ -148,7 +148,8 @@ def test_every_kernel_of_a_quantized_module(qmodule, fmt):
     """Every kernel (GEMV fusions with every GEMV schedule, prefill GEMM, the gather, with tables
     split into row chunks of 12 KiB) against the reference rule on the dequantized weights; and
     the gather, which only dequantizes, bit for bit."""
-    module = load_compiled(qmodule("tiny", fmt, max_binding_bytes=12 << 10, max_context=704, prefill_chunk=64))
+    module = load_compiled(qmodule("tiny", fmt, max_binding_bytes=12 << 10, max_context=704, prefill_chunk=64,
+                                   candidates=True))
     embed = [w for w in module.manifest.weights if w.param == "model.embed_tokens.weight"]
     assert len(embed) >= 2 and all(w.format == fmt and w.nbytes <= 12 << 10 for w in embed)
     # every GEMV schedule built (none dropped for failing to build) and run: the fused QKV (v rows

@@ -12,7 +12,7 @@ from runtime.tune import tune
 
 
 def test_tune_then_generate(compiled, tmp_path):
-    src = compiled("tiny", "f32", "float32")
+    src = compiled("tiny", "f32", "float32", candidates=True)
     mod = tmp_path / "tuned.vkmod"
     shutil.copytree(src, mod)
     out = tune(mod, reps=3)
@@ -26,3 +26,15 @@ def test_tune_then_generate(compiled, tmp_path):
     assert set(out["choices"].values()) <= used
     prompt = [7, 8, 9, 10]
     assert list(tuned.generate(prompt, 12, SamplingParams())) == list(load(src).generate(prompt, 12, SamplingParams()))
+
+
+def test_without_tuning_candidates_only_defaults_are_built(compiled):
+    """``--no-tuning-candidates`` (``LowerOptions.tuning_candidates=False``) builds each kernel's
+    default schedule alone: the same dispatches and default kernels, nothing for the tuner."""
+    full = load_manifest(compiled("tiny", "f32", "float32", candidates=True))
+    lean = load_manifest(compiled("tiny", "f32", "float32"))
+    assert not any(k.alternates for k in lean.kernels.values())
+    assert any(k.alternates for k in full.kernels.values())
+    for phase in ("prefill", "decode"):
+        assert [(d.node, full.kernels[d.kernel].rule) for d in full.phases[phase].dispatches] == \
+            [(d.node, lean.kernels[d.kernel].rule) for d in lean.phases[phase].dispatches]

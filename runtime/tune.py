@@ -29,6 +29,9 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
     (compiled_dir / TUNING_FILE).unlink(missing_ok=True)  # measure every candidate, not a previous choice
     module = load_compiled(compiled_dir)
     mf = module.manifest
+    if not any(k.alternates for k in mf.kernels.values()):
+        raise UserError(f"{compiled_dir}: no kernel has other schedules to choose among (compiled with "
+                        "--no-tuning-candidates?); recompile without it to tune")
     dev = open_device(adapter, mf.requires)
     if not dev.has_timestamps:
         raise UserError(f"adapter '{dev.name}' has no timestamp queries; tuning needs them")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import shutil
 
 from common.manifest import load_manifest
+from runtime import tune as tune_cli
 from runtime.api import load
 from runtime.sampling import SamplingParams
 from runtime.tune import tune
+from tests.cli import error_line
 
 
 def test_tune_then_generate(compiled, tmp_path):
@@ -28,7 +30,7 @@ def test_tune_then_generate(compiled, tmp_path):
     assert list(tuned.generate(prompt, 12, SamplingParams())) == list(load(src).generate(prompt, 12, SamplingParams()))
 
 
-def test_without_tuning_candidates_only_defaults_are_built(compiled):
+def test_without_tuning_candidates_only_defaults_are_built(compiled, capsys):
     """``--no-tuning-candidates`` (``LowerOptions.tuning_candidates=False``) builds each kernel's
     default schedule alone: the same dispatches and default kernels, nothing for the tuner."""
     full = load_manifest(compiled("tiny", "f32", "float32", candidates=True))
@@ -38,3 +40,5 @@ def test_without_tuning_candidates_only_defaults_are_built(compiled):
     for phase in ("prefill", "decode"):
         assert [(d.node, full.kernels[d.kernel].rule) for d in full.phases[phase].dispatches] == \
             [(d.node, lean.kernels[d.kernel].rule) for d in lean.phases[phase].dispatches]
+    lean_dir = str(compiled("tiny", "f32", "float32"))
+    assert "no kernel has other schedules" in error_line(capsys, tune_cli.main, [lean_dir])

@@ -81,6 +81,16 @@ def _staged(buf, kh, pos, lane, total):
                           T.Broadcast(T.float32(0), 4))
 
 
+@T.macro
+def _stage_tile(kv_sh, src, kh, c, total, tx, loads: int, threads: int, hd4: int, bk: int, exact: bool):
+    """Cache tile ``c`` of kv head ``kh`` (``bk`` positions x ``hd4`` vec4 lanes) -> ``kv_sh`` as
+    f32, ``loads`` vec4s per thread (``exact``: the threads divide the tile, no guard)."""
+    for it in T.unroll(loads):
+        if exact or it * threads + tx < bk * hd4:
+            kv_sh[(it * threads + tx) // hd4, (it * threads + tx) % hd4] = _staged(
+                src, kh, c * bk + (it * threads + tx) // hd4, (it * threads + tx) % hd4, total)
+
+
 def _shared_bytes(hd: int, rows: int, bk: int) -> int:
     # the K/V tile (f32), the score and weight tiles, alpha and the final sums
     return 4 * (bk * hd + 2 * bk * rows + 2 * rows)
@@ -185,10 +195,7 @@ def prefill_attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, k
                     st[1] = T.float32(0)
                     for c in range((limit + bk - 1) // bk):
                         # 1. K tile -> shared (f32); positions past total read as 0
-                        for it in T.unroll(loads):
-                            if exact_loads or it * threads + tx < bk * hd4:
-                                kv_sh[(it * threads + tx) // hd4, (it * threads + tx) % hd4] = _staged(
-                                    K, kh, c * bk + (it * threads + tx) // hd4, (it * threads + tx) % hd4, total)
+                        _stage_tile(kv_sh, K, kh, c, total, tx, loads, threads, hd4, bk, exact_loads)
                         T.tvm_storage_sync("shared")
                         # 2. scores of row r against columns tx // rows + cols * b, masked
                         for b in T.unroll(cpt):
@@ -215,10 +222,7 @@ def prefill_attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, k
                             alpha[tx] = e[0]
                             st[1] = st[1] * e[0] + st[3]
                             st[0] = st[2]
-                        for it in T.unroll(loads):
-                            if exact_loads or it * threads + tx < bk * hd4:
-                                kv_sh[(it * threads + tx) // hd4, (it * threads + tx) % hd4] = _staged(
-                                    V, kh, c * bk + (it * threads + tx) // hd4, (it * threads + tx) % hd4, total)
+                        _stage_tile(kv_sh, V, kh, c, total, tx, loads, threads, hd4, bk, exact_loads)
                         T.tvm_storage_sync("shared")
                         # 4. PV: rows tx // hd4 + rgs * a, lane tx % hd4
                         for a in T.unroll(rpt):

@@ -46,6 +46,16 @@ def _reduce_pairs(val, idx, val2, idx2, tx, half: int, again):
         again(val2, idx2, val, idx, tx, half // 2, again)
 
 
+@T.macro
+def _workgroup_argmax(best, bi, val, idx, val2, idx2, tx):
+    """Every thread's (``best[0]``, ``bi[0]``) -> shared, reduced to the workgroup's pair (in
+    ``[0]`` of the first pair of buffers if ``_in_first(THREADS)``, else of the second)."""
+    val[tx] = best[0]
+    idx[tx] = bi[0]
+    T.tvm_storage_sync("shared")
+    _reduce_pairs(val, idx, val2, idx2, tx, THREADS // 2, _reduce_pairs)
+
+
 def _in_first(threads: int) -> bool:
     """Whether ``_reduce_pairs`` starting at ``threads // 2`` leaves its result in the first pair."""
     return (threads.bit_length() - 1) % 2 == 0
@@ -76,10 +86,7 @@ def _partial_func(vocab: int):
                     if x[u] > best[0]:
                         best[0] = x[u]
                         bi[0] = base + u * THREADS
-                val[tx] = best[0]
-                idx[tx] = bi[0]
-                T.tvm_storage_sync("shared")
-                _reduce_pairs(val, idx, val2, idx2, tx, THREADS // 2, _reduce_pairs)
+                _workgroup_argmax(best, bi, val, idx, val2, idx2, tx)
                 if tx == 0:
                     P[2 * bx] = val[0] if _in_first(THREADS) else val2[0]
                     P[2 * bx + 1] = T.Cast("float32", idx[0] if _in_first(THREADS) else idx2[0])
@@ -110,10 +117,7 @@ def _final_func(vocab: int):
                         if P[2 * j] > best[0]:
                             best[0] = P[2 * j]
                             bi[0] = T.Cast("int32", P[2 * j + 1])
-                val[tx] = best[0]
-                idx[tx] = bi[0]
-                T.tvm_storage_sync("shared")
-                _reduce_pairs(val, idx, val2, idx2, tx, THREADS // 2, _reduce_pairs)
+                _workgroup_argmax(best, bi, val, idx, val2, idx2, tx)
                 if tx == 0:
                     Out[0] = idx[0] if _in_first(THREADS) else idx2[0]
 

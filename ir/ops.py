@@ -98,9 +98,8 @@ def _prefill_attention(ins, attrs):
 
 # attention_partial's per-split record: the unnormalized output [hd], then the split's score max
 # and exp-sum, each repeated over 4 values (so the kernels read and write them as vec4s). A split
-# past the step's count is empty: its max is EMPTY_MAX (its merge weight is 0, and unlike -inf,
-# EMPTY_MAX - EMPTY_MAX is no NaN); its other values are unspecified (the kernel writes only the
-# max, the merge reads nothing else of an empty slot; the reference writes output 0 and sum 0).
+# past the step's count is empty: output 0, max EMPTY_MAX, sum 0 (its merge weight is 0, and
+# unlike -inf, EMPTY_MAX - EMPTY_MAX is no NaN).
 SPLIT_STATS = 8
 EMPTY_MAX = -3.0e38
 
@@ -117,7 +116,7 @@ def attention_split(total: int, unit: int, max_splits: int) -> tuple[int, int]:
 
 def _attention_partial(ins, attrs):
     """attention's operands; per query head and split slot the partial softmax state
-    [heads, max_splits, hd + SPLIT_STATS] (slots past the step's splits: marked empty)."""
+    [heads, max_splits, hd + SPLIT_STATS] (slots past the step's splits: the empty state)."""
     (_, heads, m, d), _ = _attention(ins, attrs)
     _need(m == 1, f"attention_partial takes one query row, got {m}")
     _need(attrs["split_unit"] > 0 and attrs["max_splits"] > 0, "attention_partial: split_unit and max_splits > 0")

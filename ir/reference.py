@@ -110,8 +110,7 @@ def _attention(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
 def _attention_partial(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
     """Per head and split (``ir.ops.attention_split``): ``o = sum_t exp(s_t - m) v_t`` over the
     split's positions, then ``m = max_t s_t`` and ``l = sum_t exp(s_t - m)`` (``SPLIT_STATS``
-    layout); the slots past this step's splits are empty: max ``EMPTY_MAX`` (here with output 0 and
-    sum 0; a kernel need write only the max)."""
+    layout); the slots past this step's splits hold the empty state (0, ``EMPTY_MAX``, 0)."""
     q, k, v = _attention_operands(at, st, q, k, v, norm)
     s = (q @ np.swapaxes(k, -1, -2))[0, :, 0, :] * np.float32(at["scale"])  # [heads, total]
     chunk, splits = attention_split(st.total, at["split_unit"], at["max_splits"])
@@ -130,12 +129,11 @@ def _attention_partial(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
 
 def _attention_combine(at: Attrs, st: Step, p) -> np.ndarray:
     """The partials merged: ``sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s``, ``M = max_s m_s``
-    (an empty slot, max ``EMPTY_MAX``, has weight 0 and nothing else of it is read)."""
+    (an empty slot's weight is 0)."""
     hd = p.shape[-1] - SPLIT_STATS
     m, l = p[..., hd: hd + 1], p[..., hd + 4: hd + 5]
-    live = m > EMPTY_MAX / 2
     w = np.exp(m - m.max(axis=1, keepdims=True))
-    out = np.where(live, p[..., :hd] * w, 0).sum(axis=1) / np.where(live, l * w, 0).sum(axis=1)
+    out = (p[..., :hd] * w).sum(axis=1) / (l * w).sum(axis=1)
     return out.reshape(1, p.shape[0], 1, hd).astype(np.float32)
 
 

@@ -4,8 +4,8 @@ Explicitly scheduled TIR (no dlight rule covers a reduction, a softmax and a sec
 one kernel). Flash-decoding: the cache positions ``0..total`` are cut into splits of ``chunk``
 positions (``ir.ops.attention_split``: the split count grows with ``total`` up to
 ``max_splits``), one workgroup per (split, kv head), so a long context fills the GPU instead of
-running one workgroup per head. The last split's workgroup also marks the record slots past it
-empty (their max only), so the combine merges all ``max_splits`` slots without knowing the count. A
+running one workgroup per head. The last split's workgroup also writes the empty state into the
+record slots past it, so the combine merges all ``max_splits`` slots without knowing the count. A
 workgroup serves every query head of its GQA group (head ``kv * group + g``), so each K/V row is
 read once for the whole group, not ``group`` times.
 
@@ -13,12 +13,12 @@ Inside a workgroup the split is walked in tiles of ``threads * per_thread`` posi
 online softmax: each thread scores ``per_thread`` positions (a vec4 dot product over the head dim
 per query head, q kept in shared memory), the workgroup reduces the tile's max and sum per head,
 then each thread accumulates one vec4 lane of every head's output over a strided subset of the
-tile's positions (consecutive threads read consecutive vec4s of a V row: coalesced), and the
-position groups are summed at the end. At the short splits of flash-decoding a workgroup's time is
-its chain of dependent memory round trips, not bandwidth (an H200 took ~20 us for 64 positions),
-so every load that does not depend on a result is issued early: the q norm weight and RoPE row
-with q, a thread's whole K row before its dot products, and its V rows in blocks loaded together
-(the first before the softmax reductions, so they land while those run). The workgroup writes its
+tile's positions (consecutive threads read consecutive vec4s of a V row: coalesced; unrolled, so
+the loads overlap), and the position groups are summed at the end. The q norm weight and RoPE row
+are loaded with q (at the short splits of flash-decoding a workgroup's time is its chain of
+dependent memory round trips, not bandwidth). Loading the K row and the V rows into registers
+ahead of their use was tried: twice as fast for 3 splits, 3.5x slower for 64 (register
+pressure), and slower in the decode step (RESULTS.md). The workgroup writes its
 split's partial ``(unnormalized output, max, sum)``; ``attention_combine`` (a second, tiny kernel:
 one workgroup per query head) merges the partials with the usual rescaling. The unsplit form (one
 split covering the whole cache, ``attention``) normalizes in place and needs no combine.
@@ -45,8 +45,6 @@ SHARED_BYTES = 16384  # WebGPU's default maxComputeWorkgroupStorageSize: every a
 # over the whole cache takes long tiles (fewer barriers per position).
 SPLIT_VARIANTS: tuple[tuple[int, int], ...] = ((128, 1), (64, 1), (64, 2))
 WHOLE_VARIANTS: tuple[tuple[int, int], ...] = ((128, 4), (128, 1), (64, 2))
-# V rows a thread loads at once (all in flight together), as bytes of vec4s: 32 registers
-V_BLOCK_BYTES = 128
 
 
 def _flushed_exp(x):
@@ -121,18 +119,7 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
     kvec = f"{kv_dtype}x4"
     rec = hd4 + SPLIT_STATS // 4  # vec4s of one split's record
     out_shape = (1, nh, 1, hd4) if final else (nh, smax, rec)
-    vrows = tile // groups  # V rows (positions) per thread in a tile
-    vblock = min(vrows, V_BLOCK_BYTES // (4 * DTYPE_BYTES[kv_dtype]))
-    vblocks = vrows // vblock
-
-    @T.macro
-    def _load_v(vblk, V, kh, base, end, tx, b):
-        """Block ``b`` of this thread's V rows of the tile at ``base`` (lane tx % hd4 of positions
-        tx // hd4 + groups * j): the loads are independent, so they are all in flight at once."""
-        for j in T.unroll(vblock):
-            if base + (b * vblock + j) * groups + tx // hd4 < end:
-                vblk[j] = V[kh, base + (b * vblock + j) * groups + tx // hd4, tx % hd4]
-
+    clear_steps = (smax * rec + threads - 1) // threads
     neg = EMPTY_MAX  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
 
     @T.prim_func(private=True)
@@ -161,8 +148,6 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                     kv4 = T.alloc_buffer((1,), "float32x4", scope="local")
                     gq = T.alloc_buffer((1,), "float32x4", scope="local")  # q norm weight lane
                     rope = T.alloc_buffer((2,), "float32x4", scope="local")  # cos, sin lane at total - 1
-                    krow = T.alloc_buffer((hd4,), kvec, scope="local")  # this thread's K row
-                    vblk = T.alloc_buffer((vblock,), kvec, scope="local")  # this thread's V rows, one block
                     start = T.meta_var(s * chunk)
                     end = T.meta_var(T.min(start + chunk, total))
                     # q of every head of the group -> shared (normalized, rotated, scaled); the norm
@@ -201,20 +186,15 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                         acc[g] = T.Broadcast(T.float32(0), 4)
                     T.tvm_storage_sync("shared")
                     for c in range((end - start + tile - 1) // tile):
-                        # the first V block's loads go out now, to land while the scores are reduced
-                        _load_v(vblk, V, kh, start + c * tile, end, tx, 0)
-                        # scores: thread tx <- positions start + c * tile + p * threads + tx; the whole
-                        # K row is loaded before the dot products, so its loads are in flight together
+                        # scores: thread tx <- positions start + c * tile + p * threads + tx
                         for p in T.unroll(per_thread):
                             for g in T.unroll(group):
                                 sc[g, p] = T.float32(neg)
                             if start + c * tile + p * threads + tx < end:
-                                for i in T.unroll(hd4):
-                                    krow[i] = K[kh, start + c * tile + p * threads + tx, i]
                                 for g in T.unroll(group):
                                     sc[g, p] = T.float32(0)
                                 for i in T.unroll(hd4):
-                                    kv4[0] = T.Cast("float32x4", krow[i])
+                                    kv4[0] = T.Cast("float32x4", K[kh, start + c * tile + p * threads + tx, i])
                                     for g in T.unroll(group):
                                         sc[g, p] = sc[g, p] + T.call_pure_extern("float32", "dot", q_sh[g, i], kv4[0])
                         for g in T.unroll(group):
@@ -240,17 +220,15 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                             lsum[g] = lsum[g] * tmp[0] + reduced[g, 0]
                             m[g] = mnew[g]
                             acc[g] = acc[g] * T.Broadcast(tmp[0], 4)
-                        # PV: lane tx % hd4 of positions tx // hd4, + groups, ... of this tile, in blocks
-                        # of vblock positions whose V loads are issued together
-                        for b in T.unroll(vblocks):
-                            if b > 0:
-                                _load_v(vblk, V, kh, start + c * tile, end, tx, b)
-                            for j in T.unroll(vblock):
-                                if start + c * tile + (b * vblock + j) * groups + tx // hd4 < end:
-                                    kv4[0] = T.Cast("float32x4", vblk[j])
+                        # PV: lane tx % hd4 of positions tx // hd4, + groups, ... of this tile
+                        for jo in range((T.min(tile, end - start - c * tile) + groups * 4 - 1) // (groups * 4)):
+                            for ji in T.unroll(4):
+                                if start + c * tile + (jo * 4 + ji) * groups + tx // hd4 < end:
+                                    kv4[0] = T.Cast("float32x4", V[kh, start + c * tile + (jo * 4 + ji) * groups
+                                                                   + tx // hd4, tx % hd4])
                                     for g in T.unroll(group):
-                                        acc[g] = acc[g] + T.Broadcast(
-                                            p_sh[g, (b * vblock + j) * groups + tx // hd4], 4) * kv4[0]
+                                        acc[g] = acc[g] + T.Broadcast(p_sh[g, (jo * 4 + ji) * groups + tx // hd4],
+                                                                      4) * kv4[0]
                         T.tvm_storage_sync("shared")
                     # per head: sum the position groups' lanes, then the output (or the split's partial)
                     for g in T.unroll(group):
@@ -268,12 +246,15 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                                     O[kh * group + g, s, hd4] = T.Broadcast(m[g], 4)
                                     O[kh * group + g, s, hd4 + 1] = T.Broadcast(lsum[g], 4)
                         T.tvm_storage_sync("shared")
-                    if not final:  # the last split's workgroup marks the slots past it empty
+                    if not final:  # the last split's workgroup writes the empty state into the slots past it
                         if start + chunk >= total:
-                            for j in range((smax + threads - 1) // threads):
-                                if j * threads + tx > s and j * threads + tx < smax:
-                                    for g in T.unroll(group):
-                                        O[kh * group + g, j * threads + tx, hd4] = T.Broadcast(T.float32(neg), 4)
+                            for g in T.unroll(group):
+                                for j in range(clear_steps):
+                                    slot = T.meta_var((j * threads + tx) // rec)
+                                    lane = T.meta_var((j * threads + tx) % rec)
+                                    if j * threads + tx < smax * rec and slot > s:
+                                        O[kh * group + g, slot, lane] = T.if_then_else(
+                                            lane == hd4, T.Broadcast(T.float32(neg), 4), T.Broadcast(T.float32(0), 4))
 
     if prologue:
         return attention
@@ -286,7 +267,7 @@ def _combine_func(nh: int, hd: int, smax: int):
     """Merge the splits' partials of each head: ``M = max m_s``, ``w_s = exp(m_s - M)``,
     ``out = sum w_s o_s / sum w_s l_s``. One workgroup per query head, one thread per vec4 lane;
     the stats are stored broadcast over a vec4, so the whole merge is vec4 arithmetic. It merges
-    all ``smax`` slots, the empty ones included (max ``EMPTY_MAX``, nothing else of them read), so no
+    all ``smax`` slots, the empty ones included (their weight ``exp(EMPTY_MAX - M)`` is 0), so no
     loop bound or branch depends on the step's split count: computed from ``total`` alone (a
     division by the run-time chunk), lavapipe would inline it and recompile the shader per step
     (DESIGN.md), and a constant-count loop guarded by it becomes such a branch once unrolled."""
@@ -308,12 +289,9 @@ def _combine_func(nh: int, hd: int, smax: int):
                 acc[0] = T.Broadcast(T.float32(0), 4)
                 acc[1] = T.Broadcast(T.float32(0), 4)
                 for s in T.unroll(smax):
-                    # an empty slot has only its max written: select, so whatever its other lanes
-                    # hold (even NaN) is never read into the sums
                     w[0] = T.exp(P[h, s, hd4] - mx[0])
-                    live = T.meta_var(P[h, s, hd4] > T.Broadcast(T.float32(EMPTY_MAX / 2), 4))
-                    acc[0] = acc[0] + T.Select(live, P[h, s, tx] * w[0], T.Broadcast(T.float32(0), 4))
-                    acc[1] = acc[1] + T.Select(live, P[h, s, hd4 + 1] * w[0], T.Broadcast(T.float32(0), 4))
+                    acc[0] = acc[0] + P[h, s, tx] * w[0]
+                    acc[1] = acc[1] + P[h, s, hd4 + 1] * w[0]
                 O[0, h, 0, tx] = acc[0] / acc[1]
 
     return combine

@@ -61,15 +61,19 @@ def _matmul(ins, attrs):
 
 
 def _attention(ins, attrs):
-    """softmax(q k^T * scale, causal) v over the cache, GQA: q [b, heads, m, d], k/v [b, kv_heads, total, d]."""
+    """softmax(q k^T * scale, causal) v over the cache, GQA: q [b, heads, m, d], k/v [b, kv_heads, total, d].
+    ``k_write`` (decode, packed q): the kernel also stores the new K row (RMSNorm with the 5th
+    operand, RoPE) that the cache's ``kv_cache_write`` node, ``written_by`` this one, describes."""
     (q, qd), (k, _), (v, _), *norm = ins
     if attrs.get("q_packed"):  # q is the first heads * d values of a packed [1, N] projection output
         heads = k[1] * attrs.get("gqa_group", 1)
         _need(len(q) == 2 and q[0] == 1 and q[1] >= heads * k[3], f"attention: packed q {fmt(q)} too short")
         q = (1, heads, k[3])
     if attrs.get("q_norm_eps") is not None:  # raw q [1, heads, d]: q RMSNorm + RoPE in the prologue
-        _need(len(q) == 3 and q[0] == 1 and len(norm) == 1 and tuple(norm[0][0]) == (q[2],),
-              f"attention with q prologue needs q [1, heads, d] and a [d] norm weight, got {fmt(q)}")
+        # with k_write, the kernel also stores the new K row (its norm weight: a 5th operand)
+        want = 1 + (attrs.get("k_write") is not None)
+        _need(len(q) == 3 and q[0] == 1 and len(norm) == want and all(tuple(w) == (q[2],) for w, _ in norm),
+              f"attention with q prologue needs q [1, heads, d] and {want} [d] norm weight(s), got {fmt(q)}")
         q = (1, q[1], 1, q[2])
     group = attrs.get("gqa_group", 1)
     _need(len(q) == 4 and len(k) == 4 and k == v, f"attention needs q [b,h,m,d] and equal k/v, got {fmt(q)}, "

@@ -92,7 +92,9 @@ def _qkv_gemv(at: Attrs, st: Step, x, wq, wk, wv, g, _cache_v) -> np.ndarray:
 
 def _attention_operands(at: Attrs, st: Step, q, k, v, norm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """q as [1, heads, m, d] (unpacked, the fused q RMSNorm + RoPE applied), k and v with their
-    kv heads repeated per GQA group, all float32 (the cache may hold f16)."""
+    kv heads repeated per GQA group, all float32 (the cache may hold f16). With ``k_write`` a
+    second norm weight follows q's: the kernel's, for the K row it stores; here that store is its
+    ``kv_cache_write`` node's, which ``k`` already reflects."""
     group = at.get("gqa_group", 1)
     if at.get("q_packed"):
         q = q[:, : k.shape[1] * group * k.shape[3]].reshape(1, -1, k.shape[3])

@@ -8,6 +8,7 @@ from ir.graph import Graph
 from ir.printer import to_text
 from ir.verify import GraphError, verify
 from lowering.classify import classify_matmuls
+from lowering.fuse_k_write import fuse_k_write
 from lowering.fuse_prefill_attention import fuse_prefill_attention
 from lowering.options import LowerOptions
 from lowering.passes import (
@@ -37,6 +38,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_decode_gemv", fuse_decode_gemv),
     ("fuse_kv_writes", fuse_kv_writes),
     ("pack_qkv", pack_qkv),
+    ("fuse_k_write", fuse_k_write),
     ("split_decode_attention", split_decode_attention),
 ]
 PASS_NAMES = ["trace"] + [name for name, _ in PASSES]

@@ -113,12 +113,24 @@ def check_every_kernel(module, tol: float, alternates: frozenset[str] = frozense
             else:
                 val = val.reshape(resolve(src.shape, dims))
             args.append(val)
+        k_row = None
+        if node.attrs.get("k_write") is not None:  # the kernel stores the new K row its kv_cache_write describes
+            kw = g[g[node.inputs[1]].inputs[0]]
+            k_cache = reference.evaluate(kw, [expect_inputs[storage_root(g, kw.name)], args[0], args[4]], dims)
+            k_cache = k_cache.astype(tensors[storage_root(g, kw.name)].dtype).astype(np.float64)  # as stored
+            args[1] = k_cache[None, :, :total, :]
+            k_row = (d.args.index(storage_root(g, kw.name)), k_cache[:, total - 1])
         expected = reference.evaluate(node, args, dims)
         keys = [d.kernel] + (module.manifest.kernels[d.kernel].alternates if d.kclass in alternates else [])
         for key in keys:
             if key not in launchers:
                 launchers[key] = KernelLauncher(dev.device, key, module.manifest.kernels[key], module.wgsl[key])
-            got = launchers[key](arrays, seq, total)[o]
+            outs = launchers[key](arrays, seq, total)
+            got = outs[o]
+            if k_row is not None:  # the stored row: rounded to the f16 cache, maybe one ulp apart
+                k_got = outs[k_row[0]][:, total - 1].astype(np.float64)
+                k_err = np.abs(k_got - k_row[1]).max() / np.abs(k_row[1]).max()
+                assert k_err <= tol + 2.0**-10, f"{key}: the stored K row, rel err {k_err:.2e}"
             want = expected
             if node.op == "attention_partial":  # slots past the step's splits: the empty state, exactly
                 n = attention_split(total, node.attrs["split_unit"], node.attrs["max_splits"])[1]

@@ -55,23 +55,24 @@ def _flushed_exp(x):
     return T.if_then_else(x < T.float32(-32), T.float32(0), T.exp(T.max(x, T.float32(-32))))
 
 
-def supports(head_dim: int, group: int = 1) -> bool:
+def supports(head_dim: int, group: int = 1, k_write: bool = False) -> bool:
     """vec4 rows (and vec4 halves for the RoPE prologue), a power-of-two number of vec4 lanes so
-    the lanes tile the workgroup, and the GQA group's shared state within the workgroup storage
-    limit for at least one schedule."""
+    the lanes tile the workgroup, and the GQA group's shared state (with ``k_write``, the new K
+    row's too) within the workgroup storage limit for at least one schedule."""
     hd4 = head_dim // 4
     return (head_dim % 8 == 0 and hd4 & (hd4 - 1) == 0 and head_dim <= 512
-            and any(_fits(head_dim, group, t, p) for t, p in SPLIT_VARIANTS))
+            and any(_fits(head_dim, group, t, p, k_write) for t, p in SPLIT_VARIANTS))
 
 
-def _shared_bytes(hd: int, group: int, threads: int, per_thread: int) -> int:
+def _shared_bytes(hd: int, group: int, threads: int, per_thread: int, k_write: bool = False) -> int:
     # q (vec4 per lane per head) + tile weights + two reduction buffers (threads and threads / 2
-    # values per head) + output lanes (vec4), 4 bytes a value
-    return 4 * (group * hd + group * threads * per_thread + group * threads * 3 // 2 + 4 * threads)
+    # values per head) + output lanes (vec4), 4 bytes a value; the new K row is one more q-like row
+    rows = group + k_write
+    return 4 * (rows * hd + group * threads * per_thread + rows * threads * 3 // 2 + 4 * threads)
 
 
-def _fits(hd: int, group: int, threads: int, per_thread: int) -> bool:
-    return hd // 4 <= threads and _shared_bytes(hd, group, threads, per_thread) <= SHARED_BYTES
+def _fits(hd: int, group: int, threads: int, per_thread: int, k_write: bool = False) -> bool:
+    return hd // 4 <= threads and _shared_bytes(hd, group, threads, per_thread, k_write) <= SHARED_BYTES
 
 
 @T.macro
@@ -99,18 +100,29 @@ def _reduced(src, dst, threads: int):
 
 
 def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype: str, threads: int,
-                    per_thread: int, q_norm: tuple[float, str] | None, split: tuple[int, int] | None):
+                    per_thread: int, q_norm: tuple[float, str] | None, split: tuple[int, int] | None,
+                    k_norm: tuple[float, str] | None = None):
     """``q_norm=(eps, weight dtype)``: q arrives raw from its projection; the prologue applies
     Qwen3's per-head q RMSNorm and RoPE at position total - 1 (tables as vec4: rotate-half pairs
     element d with d + hd/2, i.e. vec4 lane i with i + hd/8), and folds in the softmax scale.
     ``split=(unit, max_splits)``: flash-decoding partials into ``O`` [heads, max_splits, hd + 8]
     (``ir.ops.SPLIT_STATS``); None: one split covering the cache (capacity ``ctx``, so the
-    chunk formula gives one workgroup per kv head), normalized output ``O`` [1, heads, 1, hd]."""
+    chunk formula gives one workgroup per kv head), normalized output ``O`` [1, heads, 1, hd].
+    ``k_norm=(eps, weight dtype)`` (with ``q_norm``; ``Q`` is the packed [q | k | v] projection
+    row): the new K row is the raw k after q in ``Q``; the prologue gives it K's RMSNorm and RoPE
+    beside q's (one more row in the same reductions), the workgroup of the last split stores it
+    into the cache at ``total - 1`` (the write the separate ``kv_cache_write`` dispatch did) and
+    scores that position with the rounded row it holds in shared memory instead of reading it back
+    (no other workgroup covers ``total - 1``)."""
     group = nh // nkv
+    k_write = k_norm is not None
+    assert q_norm is not None or not k_write, "the K write rides on the q prologue"
+    rows = group + k_write  # q heads, then the new K row
     hd4 = hd // 4
     h4 = hd4 // 2
     prologue = q_norm is not None
     eps, gdtype = q_norm or (0.0, "float32")
+    keps, kgdtype = k_norm or (0.0, "float32")
     tile = threads * per_thread  # cache positions per step of the walk
     groups = threads // hd4  # PV: thread = (position group, vec4 lane of the head dim)
     final = split is None
@@ -123,19 +135,19 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
     neg = EMPTY_MAX  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
 
     @T.prim_func(private=True)
-    def attention(Q: T.Buffer((1, nh, 1, hd4), "float32x4"), K: T.Buffer((nkv, ctx, hd4), kvec),
+    def attention(Q: T.Buffer((1, nh + nkv * k_write, 1, hd4), "float32x4"), K: T.Buffer((nkv, ctx, hd4), kvec),
                   V: T.Buffer((nkv, ctx, hd4), kvec), G: T.Buffer((hd4,), dtype=f"{gdtype}x4"),
                   COS: T.Buffer((ctx, max(h4, 1)), "float32x4"), SIN: T.Buffer((ctx, max(h4, 1)), "float32x4"),
-                  O: T.Buffer(out_shape, "float32x4"), total: T.int32):
+                  KG: T.Buffer((hd4,), dtype=f"{kgdtype}x4"), O: T.Buffer(out_shape, "float32x4"), total: T.int32):
         # splits of `chunk` positions (a multiple of `unit`), at most `smax` of them: ir.ops.attention_split
         chunk = T.meta_var((total + span - 1) // span * unit)
         for s in T.thread_binding((total + chunk - 1) // chunk, thread="blockIdx.x"):
             for kh in T.thread_binding(nkv, thread="blockIdx.y"):
                 for tx in T.thread_binding(threads, thread="threadIdx.x"):
-                    q_sh = T.alloc_buffer((group, hd4), "float32x4", scope="shared")
+                    q_sh = T.alloc_buffer((rows, hd4), "float32x4", scope="shared")  # q heads [, new K row]
                     p_sh = T.alloc_buffer((group, tile), "float32", scope="shared")
-                    red = T.alloc_buffer((group, threads), "float32", scope="shared")
-                    red2 = T.alloc_buffer((group, threads // 2), "float32", scope="shared")
+                    red = T.alloc_buffer((rows, threads), "float32", scope="shared")
+                    red2 = T.alloc_buffer((rows, threads // 2), "float32", scope="shared")
                     reduced = T.meta_var(_reduced(red, red2, threads))  # where _reduce_rows leaves row results
                     qreduced = T.meta_var(red if hd4 == 1 else _reduced(red, red2, hd4))  # the q norm's sums
                     o_sh = T.alloc_buffer((threads,), "float32x4", scope="shared")
@@ -144,9 +156,9 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                     mnew = T.alloc_buffer((group,), "float32", scope="local")
                     tmp = T.alloc_buffer((1,), "float32", scope="local")
                     sc = T.alloc_buffer((group, per_thread), "float32", scope="local")  # this thread's scores
-                    acc = T.alloc_buffer((group,), "float32x4", scope="local")
+                    acc = T.alloc_buffer((rows,), "float32x4", scope="local")
                     kv4 = T.alloc_buffer((1,), "float32x4", scope="local")
-                    gq = T.alloc_buffer((1,), "float32x4", scope="local")  # q norm weight lane
+                    gq = T.alloc_buffer((2,), "float32x4", scope="local")  # q [, k] norm weight lane
                     rope = T.alloc_buffer((2,), "float32x4", scope="local")  # cos, sin lane at total - 1
                     start = T.meta_var(s * chunk)
                     end = T.meta_var(T.min(start + chunk, total))
@@ -159,24 +171,35 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                             gq[0] = T.Cast("float32x4", G[tx])
                             rope[0] = COS[total - 1, tx % h4]
                             rope[1] = SIN[total - 1, tx % h4]
+                        if k_write:
+                            acc[group] = Q[0, nh + kh, 0, tx]
+                            gq[1] = T.Cast("float32x4", KG[tx])
                     if prologue:
                         if tx < hd4:
-                            for g in T.unroll(group):
+                            for g in T.unroll(rows):
                                 red[g, tx] = T.call_pure_extern("float32", "dot", acc[g], acc[g])
                         T.tvm_storage_sync("shared")
                         if hd4 > 1:  # only the hd4 lanes hold squares: halve from hd4 / 2
-                            _reduce_rows(red, red2, tx, hd4 // 2, group, False, _reduce_rows)
+                            _reduce_rows(red, red2, tx, hd4 // 2, rows, False, _reduce_rows)
                         if tx < hd4:
                             for g in T.unroll(group):
                                 q_sh[g, tx] = acc[g] * gq[0] * T.Broadcast(
                                     T.rsqrt(qreduced[g, 0] / T.float32(hd) + T.float32(eps)), 4)
+                            if k_write:
+                                q_sh[group, tx] = acc[group] * gq[1] * T.Broadcast(
+                                    T.rsqrt(qreduced[group, 0] / T.float32(hd) + T.float32(keps)), 4)
                         T.tvm_storage_sync("shared")
                         if tx < hd4:
-                            for g in T.unroll(group):
+                            for g in T.unroll(rows):
                                 acc[g] = q_sh[g, tx] * rope[0] + T.if_then_else(
                                     tx < h4, -q_sh[g, T.min(tx + h4, hd4 - 1)], q_sh[g, T.max(tx - h4, 0)]
                                 ) * rope[1]
                         T.tvm_storage_sync("shared")
+                        if k_write and tx < hd4:  # the new K row, rounded to the cache's dtype
+                            kv4[0] = T.Cast("float32x4", T.Cast(kvec, acc[group]))
+                            q_sh[group, tx] = kv4[0]
+                            if start + chunk >= total:  # the last split's workgroup stores it
+                                K[kh, total - 1, tx] = T.Cast(kvec, kv4[0])
                     if tx < hd4:
                         for g in T.unroll(group):
                             q_sh[g, tx] = acc[g] * T.Broadcast(T.float32(scale), 4)
@@ -194,7 +217,12 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                                 for g in T.unroll(group):
                                     sc[g, p] = T.float32(0)
                                 for i in T.unroll(hd4):
-                                    kv4[0] = T.Cast("float32x4", K[kh, start + c * tile + p * threads + tx, i])
+                                    if k_write:  # position total - 1: the row in shared, not its cache write
+                                        kv4[0] = T.if_then_else(
+                                            start + c * tile + p * threads + tx == total - 1, q_sh[group, i],
+                                            T.Cast("float32x4", K[kh, start + c * tile + p * threads + tx, i]))
+                                    else:
+                                        kv4[0] = T.Cast("float32x4", K[kh, start + c * tile + p * threads + tx, i])
                                     for g in T.unroll(group):
                                         sc[g, p] = sc[g, p] + T.call_pure_extern("float32", "dot", q_sh[g, i], kv4[0])
                         for g in T.unroll(group):
@@ -256,10 +284,9 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                                         O[kh * group + g, slot, lane] = T.if_then_else(
                                             lane == hd4, T.Broadcast(T.float32(neg), 4), T.Broadcast(T.float32(0), 4))
 
-    if prologue:
-        return attention
-    # without the q prologue its params are never read; drop them (each param is a binding)
-    return tirx.PrimFunc([p for p in attention.params if p.name not in ("G", "COS", "SIN")], attention.body,
+    # params a form never reads are dropped (each param is a binding): the q prologue's, the K write's
+    unused = ({"KG"} if not k_write else set()) | ({"G", "COS", "SIN"} if not prologue else set())
+    return tirx.PrimFunc([p for p in attention.params if p.name not in unused], attention.body,
                          attention.ret_type, attention.attrs)
 
 
@@ -298,9 +325,10 @@ def _combine_func(nh: int, hd: int, smax: int):
 
 
 def _schedules(variants: tuple[tuple[int, int], ...], hd: int, group: int,
-               build: Callable[[int, int], Callable[[], object]], what: str) -> list[tuple[str, Callable[[], object]]]:
+               build: Callable[[int, int], Callable[[], object]], what: str,
+               k_write: bool = False) -> list[tuple[str, Callable[[], object]]]:
     out = [(f"attention-{what}(threads={t},positions/thread={p})", build(t, p))
-           for t, p in variants if _fits(hd, group, t, p)]
+           for t, p in variants if _fits(hd, group, t, p, k_write)]
     if not out:
         raise KeyError(f"no attention schedule fits head_dim {hd} with GQA group {group}")
     return out
@@ -316,18 +344,24 @@ def _attention_spec(node: Node, g: Graph, opts: LowerOptions, split: tuple[int, 
         raise KeyError("fused attention needs a supported head_dim")
     ctx, scale = opts.max_context, float(node.attrs["scale"])
     eps = node.attrs.get("q_norm_eps")
-    q_norm, extra, what = None, [], "split" if split else "whole"
+    q_norm, k_norm, extra, what = None, None, [], "split" if split else "whole"
     if eps is not None:
         w = g[node.inputs[3]]
         q_norm = (float(eps), w.dtype)
         extra = [w.name, *rope_tables(node.attrs["rope"], hd, ctx)]
         what += "+q_norm+rope"
+    if node.attrs.get("k_write") is not None:  # the new K row's norm + RoPE + cache store
+        kg = g[node.inputs[4]]
+        k_norm = (float(node.attrs["k_write"]["norm_eps"]), kg.dtype)
+        extra.append(kg.name)
+        what += "+k_write"
     variants = _schedules(SPLIT_VARIANTS if split else WHOLE_VARIANTS, hd, group, lambda t, p: lambda: _attention_func(
-        nh, nkv, hd, ctx, scale, kc.dtype, t, p, q_norm, split), what)
+        nh, nkv, hd, ctx, scale, kc.dtype, t, p, q_norm, split, k_norm), what, k_norm is not None)
     kv_bytes = f"2*{DTYPE_BYTES[kc.dtype]}*{nkv}*total*{hd}"
     args = [q.name, kc.name, vc.name, *extra, node.name]
-    return KernelSpec(f"{node.op}:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{extra[1:]}:{split}", "attention",
-                      variants[0][1], args, [len(args) - 1], flops=f"4*{nh}*total*{hd}",
+    outputs = [len(args) - 1] + [1] * (k_norm is not None)  # the K cache is updated in place
+    return KernelSpec(f"{node.op}:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{extra[1:3]}:{split}:{k_norm}",
+                      "attention", variants[0][1], args, outputs, flops=f"4*{nh}*total*{hd}",
                       bytes=f"{bytes_expr([q, node], ctx)} + {kv_bytes}", variants=variants)
 
 

@@ -99,7 +99,8 @@ def test_gemv_variants_against_numpy(fmt):
     """Each schedule the tuner may pick (``gemv.schedule_list``: the list the generators compile),
     with each fusion, on dequantized weights (f64 numpy); the cases with every schedule have K
     tails of every schedule's K loop (masked steps), odd and even group counts per row (q4 scale
-    pairs need an even one)."""
+    pairs need an even one); a K too long to stage at once runs the staged schedules' double-buffered
+    chunks (an odd count: the last pair has one) with every fusion."""
     from lowering.build import build_kernel
     from lowering.kernels import gemv
     from lowering.kernels.spec import KernelSpec
@@ -110,11 +111,11 @@ def test_gemv_variants_against_numpy(fmt):
     f = FORMATS[fmt]
     dev = open_device()
     rng = np.random.default_rng(1)
-    # (n, k, residual, norm eps, swiglu, every schedule): row tails, K tails of every tr
+    # (n, k, residual, norm eps, swiglu, every schedule / "staged" ones): row tails, K tails of every tr
     cases = [(389, 64, False, None, False, False), (3, 1056, False, None, False, True),
              (64, 160, True, None, False, False), (70, 96, False, 1e-6, False, False),
              (40, 224, True, 1e-5, True, True), (130, 2080, False, 1e-6, False, True),
-             (37, 1984, True, None, True, True)]
+             (37, 1984, True, None, True, True), (7, 6176, True, 1e-6, True, "staged")]
     for n, k, res, eps, swiglu, every in cases:
         a = rng.standard_normal((1, k)).astype(np.float32)
         w, u = encode(_weights(rng, n, k), f), encode(_weights(rng, n, k), f)
@@ -130,7 +131,7 @@ def test_gemv_variants_against_numpy(fmt):
         expected = expected + (r if res else 0)
         args = [a, w, w, *([u, u] if swiglu else []), *([gw] if eps is not None else []), *([r] if res else [])]
         scheds = gemv.schedule_list(fmt)
-        for sched in scheds if every else scheds[:1]:
+        for sched in [s for s in scheds if s.stage] if every == "staged" else scheds if every else scheds[:1]:
             name = sched.name
             builder = gemv.gemv_func(n, k, fmt, res, sched, eps, swiglu)
             spec = KernelSpec(f"q{n}x{k}", "gemv", builder, [f"x{i}" for i in range(len(args) + 1)], [len(args)],

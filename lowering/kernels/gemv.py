@@ -9,19 +9,21 @@ WGSL's ``dot`` does the 4-wide multiply-add. The schedule is a family, swept by 
 consecutive 8/16-byte vectors: coalesced), partial sums combined in shared memory. Row and K
 tails are clamped and masked, so any N and any K divisible by 4 work.
 
-Quantized weights (``q8`` / ``q4``, ``common.weight_format``) use the same loop with 16-byte
-loads (``vec4<u32>``: a whole q4 group of 32 codes, half a q8 group), dequantized in registers by
-``lowering.kernels.quant``, each load's dot product scaled once by its group's f16 scale. Their
-own schedules (``QUANT_SCHEDULES``), because a q4 row is 3.6x shorter than an f16 one: with the
-wide float schedules (64-256 threads per row) each thread made one or two loads before a
-log2(tr)-barrier reduction (the likely cause of 743 GB/s of packed bytes on the H200 vs 2137 for
-f16: per-thread work too small to hide latency and the reduction). Here few threads
-share a row (4-32), each thread owns ``rows`` rows (one activation load feeds them all) and
-issues the loads of ``depth`` steps before their math (several independent 16-byte loads in
-flight per thread), and ``span`` 2 reads two adjacent elements per step (a q4 thread's two scales
-in one 4-byte load). Float weights have the wide schedules and, from the same machinery, ones
-with two rows per thread, a ``depth`` K loop instead of the fully unrolled one, and span 2
-(``FLOAT_SCHEDULES``). Every fusion below works for every format and schedule.
+Quantized weights (``q8`` / ``q4``, ``common.weight_format``) are dequantized in registers by
+``lowering.kernels.quant`` (an AND-OR and an exact FMA per code, no shifts or int -> float
+conversions), each element's dot product scaled once by its group's f16 scale, and have their own
+schedules (``QUANT_SCHEDULES``): per weight byte a q4 row needs 8 bytes of f32 activations (q8: 4),
+so how the activations reach the threads decides their speed. Two families: *staged* (``stage``):
+the workgroup stages the activations (times the norm weight) in shared memory once, in the order
+the dequantization consumes them (planes: the 4 activations of one code position of a 16-byte
+element's 4 words, read by consecutive threads as consecutive vec4s, conflict-free), then each
+thread streams 16-byte loads (``words`` 4: a q4 group, half a q8 one) of ``rows`` rows that share
+each plane read; when K fits in shared memory, all of a thread's loads are in flight while the
+activations are staged, with one barrier in all. *Word* schedules (``words`` 1): consecutive
+threads read consecutive u32 words and their activation vec4s (coalesced), ``rows`` rows per
+thread sharing them, ``depth`` steps' loads in flight. Float weights have the wide schedules and,
+from the same machinery, ones with two rows per thread, a ``depth`` K loop instead of the fully
+unrolled one, and span 2 (``FLOAT_SCHEDULES``). Every fusion below works for every format and schedule.
 """
 
 
@@ -36,6 +38,7 @@ from ir.graph import Graph, Node
 from lowering.kernels.common import DTYPE_BYTES, bytes_expr
 from lowering.kernels.quant import WeightRead, weight_args
 from lowering.kernels.spec import KernelSpec, generator
+from lowering.kernels.tir_reduce import tree_reduce
 from lowering.options import LowerOptions
 
 # (ts, tr): tried by the tuner; the first is the default where no tuning result exists.
@@ -50,9 +53,11 @@ class Schedule:
     ``depth`` K steps per iteration of the K loop whose weight loads are all issued before any of
     their math (0: the whole K loop unrolled), ``span`` adjacent 16-byte loads per row and step
     (2: a q4 thread reads its two groups' scales as one ``vec2<f16>``, a q8 thread a whole group
-    and one scale; for a float weight two adjacent vec4s, 16 bytes of f16 per row and step). Partial
-    sums meet in shared memory: a tree (log2 ``tr`` barriers) for wide rows (``tr`` >= 32 with one
-    row per thread, >= 64 with two), else one barrier and a serial sum by one thread per row."""
+    and one scale; for a float weight two adjacent vec4s, 16 bytes of f16 per row and step), ``stage``
+    (quantized 16-byte loads): the activations staged in shared memory, once per workgroup, in the
+    order the dequantization consumes them (``gemv_func``). Partial sums meet in shared memory: a
+    tree (log2 ``tr`` barriers) for wide rows (``tr`` >= 32 with one row per thread, >= 64 with
+    two), else one barrier and a serial sum by one thread per row."""
 
     ts: int
     tr: int
@@ -60,6 +65,7 @@ class Schedule:
     rows: int = 1
     depth: int = 0
     span: int = 1
+    stage: bool = False
 
     @property
     def tree(self) -> bool:
@@ -68,32 +74,37 @@ class Schedule:
     @property
     def name(self) -> str:
         """``vec4-gemv(ts=2,tr=64)``; the 16-byte-load schedules add ``w4``, ``r<rows>``, ``d<depth>``
-        and ``s<span>``."""
+        and ``s<span>``, the staged ones ``smem``."""
         extra = "".join(f",{tag}{v}" for tag, v, default in (("w", self.words, 1), ("r", self.rows, 1),
                                                              ("d", self.depth, 0), ("s", self.span, 1))
                         if v != default)
-        return f"vec4-gemv(ts={self.ts},tr={self.tr}{extra})"
+        return f"vec4-gemv(ts={self.ts},tr={self.tr}{extra}{',smem' if self.stage else ''})"
 
 
-# Quantized weights: few threads per row (each streams many 16-byte groups), several rows per
-# thread, loads issued ``depth`` steps ahead; 4 to 64 rows per workgroup (a 2560-row GEMV has only
-# 160 workgroups of 16 rows for 132 SMs: unbalanced; a 150k-row lm_head has plenty); plus two of
-# the wide schedules above (the previous family) for comparison; then 1-2 rows per workgroup for
-# small N.
+# Quantized weights. Per weight byte a q4 row needs 8 bytes of f32 activations (q8: 4), so what
+# bounds these GEMVs is how activations reach the threads, not the weight stream: the 16-byte
+# schedules that read them from global memory per thread (8 strided vec4 loads per group, a whole
+# 128-byte line per thread: 100-700 GB/s on the H200) are gone but one; the wide one-word ones
+# (743 GB/s) stay for comparison. New:
 QUANT_SCHEDULES: tuple[Schedule, ...] = (
-    Schedule(8, 16, 4, 2, 2), Schedule(16, 8, 4, 1, 4), Schedule(8, 8, 4, 2, 4), Schedule(8, 8, 4, 4, 2),
-    Schedule(4, 16, 4, 4, 2), Schedule(32, 4, 4, 2, 4), Schedule(4, 32, 4, 2, 2), Schedule(8, 32, 4, 1, 4),
-    Schedule(4, 16, 4, 1, 4), Schedule(8, 16, 4, 2, 1, 2), Schedule(16, 8, 4, 1, 2, 2),
-    Schedule(2, 64, 4), Schedule(4, 32, 4),
-    # small N (the 0.6B shapes: N 1024..4096, K 1024..3072): 1-2 rows per workgroup, so N=1024 is
-    # 512-1024 workgroups on 132 SMs instead of 64-128; each thread one 16-byte group per row and
-    # step, two steps' loads in flight
-    Schedule(1, 32, 4, 1, 2), Schedule(1, 64, 4, 1, 2), Schedule(2, 16, 4, 1, 2, 2),
-    # one u32 word (8 q4 / 4 q8 codes) per thread and step, the wide schedules: the shape of the
-    # previous quantized GEMV, which ran the 4B q4 decode at 178 tok/s on the H200 where the
-    # 16-byte schedules above measured 100-700 GB/s in runtime.tune (146 tok/s): kept as
-    # candidates until the tuner shows which wins where
-    Schedule(2, 64), Schedule(4, 32), Schedule(1, 128), Schedule(4, 64))
+    # staged (``smem``): the workgroup stages the activations (times the norm weight) in shared
+    # memory once, as planes read conflict-free (consecutive threads, consecutive vec4s) with no
+    # register gather; 16-byte weight loads (a whole q4 group, half a q8 one: 5 registers per 16
+    # bytes in flight with the scale), 2-4 rows per thread sharing each plane read; when K fits (up
+    # to 4096), all of a thread's loads (up to 20) are in flight while the activations are staged,
+    # one barrier in all. Rows / threads per workgroup:
+    Schedule(4, 16, 4, 2, 2, stage=True),  # 8 / 64 (the default)
+    Schedule(2, 16, 4, 2, 2, stage=True),  # 4 / 32: N 1024-2560 (0.6B; 4B o, down) in 256-640 workgroups
+    Schedule(2, 16, 4, 4, 2, stage=True),  # 8 / 32, 4 rows per thread
+    Schedule(4, 16, 4, 4, 2, stage=True),  # 16 / 64: fewer workgroups staging the same activations
+    Schedule(4, 8, 4, 4, 2, stage=True),   # 16 / 32, 8 threads per row: more of K per thread
+    Schedule(2, 32, 4, 2, 2, stage=True),  # 4 / 64, 32 threads per row (q8 rows are twice as long)
+    # one u32 word per row and step: consecutive threads read consecutive words and their
+    # activation vec4s (coalesced, from L1), 2-8 rows per thread share them, 2-4 steps in flight
+    Schedule(2, 32, 1, 4, 4), Schedule(1, 64, 1, 4, 4), Schedule(4, 32, 1, 2, 4), Schedule(2, 32, 1, 8, 2),
+    # the previous families, for comparison: the wide one-word ones (the 4B q4 decode at 178
+    # tok/s), the previous default, a small-N 16-byte one
+    Schedule(2, 64), Schedule(4, 32), Schedule(1, 128), Schedule(8, 16, 4, 2, 2), Schedule(1, 32, 4, 1, 2))
 
 
 # Float weights: the wide schedules above (the whole K loop unrolled, one row per thread; the
@@ -139,6 +150,36 @@ def _k_blocks(steps: int, depth: int) -> tuple[int, int]:
     return -(-steps // depth), depth
 
 
+# Shared memory of a staged GEMV: double-buffered chunks within WebGPU's default
+# maxComputeWorkgroupStorageSize; a K staged all at once may take a little more (K = 4096, the
+# 4B o_proj and most 8B GEMVs, in one chunk: 16 KiB of activations; lavapipe has 32 KiB, GPUs more)
+STAGE_BYTES = 16384
+STAGE_ONCE_BYTES = 20480
+
+
+def _staged_blocks(steps: int, depth: int, step_bytes: int, other_bytes: int, loads: int) -> tuple[int, int, int]:
+    """(chunks, sub-blocks per chunk, steps per sub-block) of a staged K loop of ``steps`` steps
+    (``loads`` weight elements per step, ``step_bytes`` of activations, ``other_bytes`` of shared
+    memory besides). A sub-block's weight loads are issued together, at most 20 elements
+    (registers). When all of K fits (``STAGE_ONCE_BYTES``), one chunk: the first sub-block's loads
+    (as many steps as divide ``steps``: no masked step) are in flight while the activations are
+    staged, one barrier, the rest straight-line. Else double-buffered chunks (one barrier each) of
+    sub-blocks of ``depth`` steps, a chunk count near the fewest that leaves no sub-block wholly past
+    the row's end."""
+    most = max(1, 20 // loads)
+    if steps * step_bytes + other_bytes <= STAGE_ONCE_BYTES:
+        ahead = max(a for a in range(1, most + 1) if steps % a == 0)
+        return 1, steps // ahead, ahead
+    ahead = max(1, min(depth, most, (STAGE_BYTES - other_bytes) // (2 * step_bytes)))
+    subs = -(-steps // ahead)
+    per = (STAGE_BYTES - other_bytes) // (2 * ahead * step_bytes)
+    if per < 1:
+        raise ValueError(f"a staged chunk of {ahead * step_bytes} bytes does not fit in {STAGE_BYTES}")
+    fewest = -(-subs // per)
+    chunks = next((c for c in range(fewest, fewest + 3) if subs % c == 0), fewest)
+    return chunks, -(-subs // chunks), ahead
+
+
 def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm_eps: float | None = None,
               swiglu: bool = False, kv_cache: tuple[int, int, int] | None = None,
               segments: tuple[int, int, int] | None = None, kv_dtype: str = "float32",
@@ -163,6 +204,12 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
     K steps past the end of a row (a K loop rounded up to whole iterations) read the row's last
     element and its activation again (in bounds, cached) and multiply their contribution by 0, so
     they need no branch: a branch around each step would keep the compiler from hoisting its loads.
+
+    ``sched.stage`` (quantized 16-byte loads): K in chunks whose activations the workgroup stages
+    in shared memory (``stage``: each thread loads whole vec4s and stores their 4x4 transpose as
+    planes, zeros past the row's end, so the clamped weights there add nothing), one barrier per
+    chunk (two buffers alternate when there are several), each chunk's first weight loads issued
+    before its staging (``_staged_blocks``). The norm's sum of squares is then the workgroup's.
     """
     if k % 4:
         raise ValueError("vec4 GEMV needs K divisible by 4")
@@ -202,6 +249,23 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
     csize = kvh * ctx * hd if to_cache and not seg else n
     cdtype = kv_dtype if to_cache and not seg else "float32"
     ahead = depth if sched.depth > 0 else 1  # steps whose loads go first (the wide schedules: one)
+    staged = sched.stage
+    nt = ts * tr  # threads
+    planes = rw.fmt.per_word  # staged: activation planes per element (code position q of its 4 words)
+    halves = planes // 4  # staged: activation vec4s of one word
+    subs = upt = units = 1
+    if staged:
+        if not (quant and sched.words == 4 and span == 1):
+            raise ValueError("staged activations are for quantized 16-byte loads (words 4, span 1)")
+        # K in sub-blocks of ``ahead`` steps (their weight loads issued together), sub-blocks in chunks
+        # of ``depth`` steps whose activations are staged at once (one barrier per chunk)
+        blocks, subs, ahead = _staged_blocks((ku + tr - 1) // tr, sched.depth, tr * rw.unit_values * 4,
+                                             4 * (tr * rpw * nd + nt * norm), nr * nd)
+        depth = subs * ahead
+        masked = blocks * depth * tr != ku
+        units = tr * depth * halves  # staging units per chunk: (element, half of its words' codes)
+        upt = (units + nt - 1) // nt
+    ce = tr * depth  # staged: elements per chunk
     nld = ahead * nr * span  # weight elements loaded ahead per thread
 
     def clamp(u):
@@ -231,6 +295,72 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
                 for j in T.unroll(1 + (span - 1) * sstride):
                     sbuf[slot * span + j] = rd.unit_scale(Sb, rrow, clamp(e0 + j))
 
+    @T.macro
+    def load_rows(W, WS, U, US, X, XS, wq, sc, uq, usc, bx, ty, tx, e_base):
+        """The weight loads of ``ahead`` steps from element ``e_base`` (``tr`` threads per step, ``span``
+        elements each) of the thread's ``nr`` rows: issued together, before their math."""
+        for ii in T.unroll(ahead):
+            for r in T.unroll(nr):
+                row = T.min(bx * rpw + ty * nr + r, n - 1)
+                e0 = e_base + (ii * tr + tx) * span
+                if seg:
+                    if row < n1:
+                        load(W, WS, rw, row, wq, sc, ii * nr + r, e0)
+                    elif row < n1 + n2:
+                        load(U, US, ru, row - n1, wq, sc, ii * nr + r, e0)
+                    else:
+                        load(X, XS, rx, row - n1 - n2, wq, sc, ii * nr + r, e0)
+                else:
+                    load(W, WS, rw, row, wq, sc, ii * nr + r, e0)
+                if swiglu:
+                    load(U, US, ru, row, uq, usc, ii * nr + r, e0)
+
+    @T.macro
+    def stage(A, G, sbuf, sv, ssq, lid, io):
+        """Chunk ``io``'s activations (times the norm weight) into shared ``sbuf`` as planes: unit
+        ``(el, h)`` of the chunk reads the vec4s ``j halves + h`` (j = 0..3) of element ``el``,
+        and stores their transpose, plane ``4 h + c`` = component ``c`` of the 4 vec4s (the
+        activations of code position ``4 h + c`` of the element's 4 words). Past the row's end: zeros
+        (so the weights there, clamped in bounds, add nothing)."""
+        for m in T.unroll(upt):
+            if units % nt == 0 or lid + m * nt < units:
+                for j in T.unroll(4):
+                    sv[j] = A[0, clamp(io * ce + (lid + m * nt) // halves) * av + j * halves
+                              + (lid + m * nt) % halves]
+                    if masked:
+                        sv[j] = sv[j] * T.Cast("float32", io * ce + (lid + m * nt) // halves < ku)
+                    if norm:
+                        ssq[0] = ssq[0] + T.call_pure_extern("float32", "dot", sv[j], sv[j])
+                        sv[j] = sv[j] * T.Cast("float32x4", G[clamp(io * ce + (lid + m * nt) // halves) * av
+                                                             + j * halves + (lid + m * nt) % halves])
+                for c in T.unroll(4):
+                    sbuf[((lid + m * nt) % halves * 4 + c) * ce + (lid + m * nt) // halves] = T.Shuffle(
+                        [sv[0], sv[1], sv[2], sv[3]], [c, 4 + c, 8 + c, 12 + c])
+
+    @T.macro
+    def compute_staged(sbuf, aq, wq, sc, uq, usc, acc, tx, el_base):
+        """The math of ``ahead`` steps from chunk element ``el_base``: each element's activation
+        planes from shared memory (conflict-free: consecutive threads, consecutive vec4s), shared
+        by the thread's rows."""
+        for ii in T.unroll(ahead):
+            for q in T.unroll(planes):
+                aq[q] = sbuf[q * ce + el_base + ii * tr + tx]
+            for r in T.unroll(nr):
+                acc[r * nd] = acc[r * nd] + rw.plane_dot(aq, wq[ii * nr + r]) * sc[ii * nr + r]
+                if swiglu:
+                    acc[r * nd + 1] = acc[r * nd + 1] + ru.plane_dot(aq, uq[ii * nr + r]) * usc[ii * nr + r]
+
+    @T.macro
+    def chunk(A, G, W, WS, U, US, X, XS, sbuf, sv, aq, wq, sc, uq, usc, acc, ssq, bx, ty, tx, io):
+        """One staged chunk: the first sub-block's weight loads, then the staging and its barrier
+        (the loads in flight meanwhile), then the math, the later sub-blocks' loads and math."""
+        for ib in T.unroll(subs):
+            load_rows(W, WS, U, US, X, XS, wq, sc, uq, usc, bx, ty, tx, io * ce + ib * ahead * tr)
+            if ib == 0:  # unrolled: no barrier under a condition is left
+                stage(A, G, sbuf, sv, ssq, ty * tr + tx, io)
+                T.tvm_storage_sync("shared")
+            compute_staged(sbuf, aq, wq, sc, uq, usc, acc, tx, ib * ahead * tr)
+
     def build():
         @T.prim_func(private=True)
         def gemv(A: T.Buffer((1, k4), "float32x4"), W: T.Buffer((n1, ku), dtype=unit),
@@ -246,6 +376,11 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
                         red0 = T.alloc_buffer((tr * rpw,), "float32", scope="shared")
                         red1 = T.alloc_buffer((tr * rpw,), "float32", scope="shared")
                         red2 = T.alloc_buffer((tr * ts,), "float32", scope="shared")
+                        # staged activations, double-buffered when there are several chunks
+                        sa0 = T.alloc_buffer((planes * ce,), "float32x4", scope="shared")
+                        sa1 = T.alloc_buffer((planes * ce,), "float32x4", scope="shared")
+                        sv = T.alloc_buffer((4,), "float32x4", scope="local")
+                        aq = T.alloc_buffer((planes,), "float32x4", scope="local")
                         acc = T.alloc_buffer((nd * nr,), "float32", scope="local")
                         ssq = T.alloc_buffer((1,), "float32", scope="local")
                         fin = T.alloc_buffer((3,), "float32", scope="local")
@@ -257,45 +392,54 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
                         for r in T.unroll(nd * nr):
                             acc[r] = T.float32(0)
                         ssq[0] = T.float32(0)
-                        for io in range(blocks):
-                            for ib in T.unroll(depth // ahead):
-                                # the weight loads of ``ahead`` steps before their math: in flight together
-                                for ii in T.unroll(ahead):
-                                    for r in T.unroll(nr):
-                                        row = T.min(bx * rpw + ty * nr + r, n - 1)
-                                        e0 = ((io * depth + ib * ahead + ii) * tr + tx) * span
-                                        if seg:
-                                            if row < n1:
-                                                load(W, WS, rw, row, wq, sc, ii * nr + r, e0)
-                                            elif row < n1 + n2:
-                                                load(U, US, ru, row - n1, wq, sc, ii * nr + r, e0)
-                                            else:
-                                                load(X, XS, rx, row - n1 - n2, wq, sc, ii * nr + r, e0)
-                                        else:
-                                            load(W, WS, rw, row, wq, sc, ii * nr + r, e0)
-                                        if swiglu:
-                                            load(U, US, ru, row, uq, usc, ii * nr + r, e0)
-                                for ii in T.unroll(ahead):
-                                    for j in T.unroll(span):
-                                        u = ((io * depth + ib * ahead + ii) * tr + tx) * span + j  # may be past the end
-                                        for v in T.unroll(av):
-                                            a[j * av + v] = A[0, clamp(u) * av + v]
-                                            if norm:
-                                                ssq[0] = ssq[0] + live(T.call_pure_extern(
-                                                    "float32", "dot", a[j * av + v], a[j * av + v]), u)
-                                                a[j * av + v] = a[j * av + v] * T.Cast("float32x4",
-                                                                                       G[clamp(u) * av + v])
-                                    for r in T.unroll(nr):
+                        if staged:
+                            # touched before the K loop so that their lifetimes overlap the staging
+                            # buffers': TVM would otherwise reuse a vec4 buffer's memory for them, which
+                            # the WGSL codegen emits with the wrong element type
+                            red0[ty * tr + tx] = T.float32(0)
+                            if swiglu:
+                                red1[ty * tr + tx] = T.float32(0)
+                            if norm:
+                                red2[ty * tr + tx] = T.float32(0)
+                            if blocks == 1:
+                                chunk(A, G, W, WS, U, US, X, XS, sa0, sv, aq, wq, sc, uq, usc, acc, ssq, bx, ty, tx, 0)
+                            else:
+                                # two buffers, alternate chunks: one barrier per chunk (a buffer is
+                                # rewritten only after the barrier of the chunk between); an odd
+                                # count's last pair has one (the condition is uniform)
+                                for io2 in range((blocks + 1) // 2):
+                                    chunk(A, G, W, WS, U, US, X, XS, sa0, sv, aq, wq, sc, uq, usc, acc, ssq, bx, ty,
+                                          tx, io2 * 2)
+                                    if blocks % 2 == 0 or io2 * 2 + 1 < blocks:
+                                        chunk(A, G, W, WS, U, US, X, XS, sa1, sv, aq, wq, sc, uq, usc, acc, ssq, bx,
+                                              ty, tx, io2 * 2 + 1)
+                        else:
+                            for io in range(blocks):
+                                for ib in T.unroll(depth // ahead):
+                                    load_rows(W, WS, U, US, X, XS, wq, sc, uq, usc, bx, ty, tx,
+                                              (io * depth + ib * ahead) * tr * span)
+                                    for ii in T.unroll(ahead):
                                         for j in T.unroll(span):
-                                            acc[r * nd] = acc[r * nd] + term(
-                                                a, j * av, wq[(ii * nr + r) * span + j],
-                                                sc[(ii * nr + r) * span + j * sstride],
-                                                ((io * depth + ib * ahead + ii) * tr + tx) * span + j)
-                                            if swiglu:
-                                                acc[r * nd + 1] = acc[r * nd + 1] + term(
-                                                    a, j * av, uq[(ii * nr + r) * span + j],
-                                                    usc[(ii * nr + r) * span + j * sstride],
+                                            # the element, which may be past the end
+                                            u = ((io * depth + ib * ahead + ii) * tr + tx) * span + j
+                                            for v in T.unroll(av):
+                                                a[j * av + v] = A[0, clamp(u) * av + v]
+                                                if norm:
+                                                    ssq[0] = ssq[0] + live(T.call_pure_extern(
+                                                        "float32", "dot", a[j * av + v], a[j * av + v]), u)
+                                                    a[j * av + v] = a[j * av + v] * T.Cast("float32x4",
+                                                                                           G[clamp(u) * av + v])
+                                        for r in T.unroll(nr):
+                                            for j in T.unroll(span):
+                                                acc[r * nd] = acc[r * nd] + term(
+                                                    a, j * av, wq[(ii * nr + r) * span + j],
+                                                    sc[(ii * nr + r) * span + j * sstride],
                                                     ((io * depth + ib * ahead + ii) * tr + tx) * span + j)
+                                                if swiglu:
+                                                    acc[r * nd + 1] = acc[r * nd + 1] + term(
+                                                        a, j * av, uq[(ii * nr + r) * span + j],
+                                                        usc[(ii * nr + r) * span + j * sstride],
+                                                        ((io * depth + ib * ahead + ii) * tr + tx) * span + j)
                         for r in T.unroll(nr):
                             red0[tx * wa + (ty * nr + r) * wb] = acc[r * nd]
                             if swiglu:
@@ -303,13 +447,15 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
                         if norm:
                             red2[tx * wa2 + ty * wb2] = ssq[0]
                         T.tvm_storage_sync("shared")
+                        if staged and norm:  # every thread staged a part of the activation: sum them all
+                            tree_reduce(red2, ty * tr + tx, nt, False)
                         for s in T.unroll(levels):
                             if nr == 1:
                                 if tx < (tr >> (s + 1)):  # unrolled by hand: no loops under a sync'd condition
                                     red0[ty * tr + tx] = red0[ty * tr + tx] + red0[ty * tr + tx + (tr >> (s + 1))]
                                     if swiglu:
                                         red1[ty * tr + tx] = red1[ty * tr + tx] + red1[ty * tr + tx + (tr >> (s + 1))]
-                                    if norm:
+                                    if norm and not staged:
                                         red2[ty * tr + tx] = red2[ty * tr + tx] + red2[ty * tr + tx + (tr >> (s + 1))]
                             else:
                                 # two rows per thread: thread p = ty * tr + tx adds pair p of the level's
@@ -326,7 +472,7 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
                                                  + (ty * tr + tx) % (tr >> (s + 1))]
                                             + red1[(ty * tr + tx) // (tr >> (s + 1)) * tr
                                                    + (ty * tr + tx) % (tr >> (s + 1)) + (tr >> (s + 1))])
-                                if norm:  # one sum of squares per row group
+                                if norm and not staged:  # one sum of squares per row group
                                     if tx < (tr >> (s + 1)):
                                         red2[ty * tr + tx] = red2[ty * tr + tx] + red2[ty * tr + tx + (tr >> (s + 1))]
                             T.tvm_storage_sync("shared")
@@ -340,8 +486,11 @@ def gemv_func(n: int, k: int, wdtype: str, residual: bool, sched: Schedule, norm
                                 if swiglu:
                                     fin[1] = fin[1] + red1[j * jst + (ty * tr + tx) * lst]
                             if norm:
-                                for j in T.unroll(nsum2):
-                                    fin[2] = fin[2] + red2[j * jst2 + (ty * tr + tx) // nr * lst2]
+                                if staged:
+                                    fin[2] = red2[0]
+                                else:
+                                    for j in T.unroll(nsum2):
+                                        fin[2] = fin[2] + red2[j * jst2 + (ty * tr + tx) // nr * lst2]
                                 fin[2] = T.rsqrt(fin[2] / T.float32(k) + T.float32(eps))
                             else:
                                 fin[2] = T.float32(1)

@@ -190,14 +190,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QWEN3VK_CACHE", Path.home() / ".cache" / "qwen3-vk")) / "kernels"
 
 
-def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True, first_variant_only: bool = False
-                 ) -> tuple[Kernel, bool]:
+def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True, first_variant_only: bool = False,
+                 func: tirx.PrimFunc | None = None) -> tuple[Kernel, bool]:
     """Returns the kernel and whether it came from the on-disk cache. Tries the spec's scheduled
-    variants in order, then the dlight rules of its class (unless ``first_variant_only``)."""
-    func = spec.build()
-    script = func.script()
+    variants in order, then the dlight rules of its class (unless ``first_variant_only``).
+    ``func``: ``spec.build()`` when the caller already has it (a kernel's alternates share their
+    spec's ``build``): TVMScript parsing is most of a kernel's build time, so no builder runs twice."""
+    if func is None:
+        func = spec.build()
     variants = [v for v, _ in spec.variants][:1 if first_variant_only else None]
-    ident = f"{tvm.__version__}|{SCHEDULE_VERSION}|{_GENERATORS}|{spec.kclass}|{variants}|{script}"
+    ident = f"{tvm.__version__}|{SCHEDULE_VERSION}|{_GENERATORS}|{spec.kclass}|{variants}|{func.script()}"
     digest = hashlib.sha256(ident.encode()).hexdigest()
     path = cache_dir() / f"{digest[:40]}.json"
     if use_cache and path.is_file():
@@ -218,8 +220,10 @@ def build_kernel(spec: KernelSpec, name: str, use_cache: bool = True, first_vari
     with _sigint_deferred():
         for rule, builder, prescheduled in attempts:  # the first that schedules *and* builds wins
             try:
-                # a fresh module per attempt: a rule that fails half-way can leave its input modified
-                mod = tvm.IRModule({name: builder().with_attr("global_symbol", name)})
+                # a fresh module per attempt: a rule that fails half-way can leave its input modified;
+                # a prescheduled variant built by spec.build is only compiled: the function in hand
+                f = func if prescheduled and builder is spec.build else builder()
+                mod = tvm.IRModule({name: f.with_attr("global_symbol", name)})
                 scheduled = mod if prescheduled else apply_rule(mod, rule, target)
                 if scheduled is None:
                     continue

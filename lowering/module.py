@@ -122,7 +122,8 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
                                                 for s in specs.values()))
     cached = 0
     for key, spec in specs.items():
-        k, hit = build_kernel(spec, names[key], use_cache)
+        func = spec.build()  # parsed once: its script is the cache key of the default and every alternate
+        k, hit = build_kernel(spec, names[key], use_cache, func=func)
         kernels[k.name] = k
         cached += hit
         progress.step()
@@ -131,7 +132,7 @@ def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = 
         for i, (vname, builder) in enumerate(others):
             try:
                 alt, hit = build_kernel(replace(spec, variants=[(vname, builder)]), f"{k.name}.v{i + 1}", use_cache,
-                                        first_variant_only=True)
+                                        first_variant_only=True, func=func)
             except RuntimeError:
                 continue  # that schedule does not build for this shape: not a candidate
             finally:

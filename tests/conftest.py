@@ -11,8 +11,15 @@ from frontend.make_model import make_model
 
 @pytest.fixture(scope="session", autouse=True)
 def _kernel_cache(tmp_path_factory):
-    """A fresh kernel cache per test session, so the suite never depends on a dev's cache."""
-    os.environ["QWEN3VK_CACHE"] = str(tmp_path_factory.mktemp("kernel-cache"))
+    """A fresh kernel cache per test session, so the suite never depends on a dev's cache; under
+    pytest-xdist one for all the workers of the run (entries are written atomically), so a kernel
+    that two workers need is built once."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's own directory, the parent of each worker's
+    path = base / "kernel-cache"
+    path.mkdir(exist_ok=True)
+    os.environ["QWEN3VK_CACHE"] = str(path)
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +69,14 @@ def compiled(model_dir, tmp_path_factory):
 def qwen06b(model_dir):
     """The real-shape qwen3-0.6b preset (bf16, ~1.2 GB), made once for the whole session."""
     return model_dir("qwen3-0.6b", "bf16")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What tests report as ``record_property("report", text)``, printed at the end of the run (the
+    output of a pytest-xdist worker's test is not shown)."""
+    lines = [value for rep in terminalreporter.getreports("passed") for name, value in rep.user_properties
+             if name == "report"]
+    if lines:
+        terminalreporter.section("reports")
+        for text in lines:
+            terminalreporter.write_line(text)

@@ -14,10 +14,11 @@ from __future__ import annotations
 from ir.graph import Graph, Node
 from lowering.kernels import attention as attention_kernel
 from lowering.options import LowerOptions
+from lowering.passes import is_decode
 
 
 def fuse_k_write(g: Graph, opts: LowerOptions) -> Graph:
-    if g.meta.get("dims", {}).get("seq") != 1:
+    if not is_decode(g):
         return g
     g = g.copy()
     for att in g.by_op("attention"):

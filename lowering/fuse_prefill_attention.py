@@ -28,6 +28,7 @@ from typing import Any
 from ir.graph import Graph, Node
 from lowering.kernels import prefill_attention as kernel
 from lowering.options import LowerOptions
+from lowering.passes import is_decode
 
 
 def _only_user(g: Graph, n: Node, op: str) -> Node | None:
@@ -79,7 +80,7 @@ def fuse_prefill_attention(g: Graph, opts: LowerOptions) -> Graph:
     the decode graph (its own fusion), a chain that differs from the traced pattern, a head_dim or
     GQA group no schedule of the kernel supports (``kernel.supports``: e.g. head_dim not a multiple
     of 4, or > 128), and ``opts.fuse_prefill_attention=False`` (the baseline to time against)."""
-    if g.meta.get("dims", {}).get("seq") == 1 or not opts.fuse_prefill_attention:
+    if is_decode(g) or not opts.fuse_prefill_attention:
         return g
     g = g.copy()
     for pv in g.by_op("matmul"):

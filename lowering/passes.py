@@ -26,7 +26,8 @@ def _only_use(g: Graph, n: Node, user: Node) -> bool:
     return [u.name for u in g.users(n)] == [user.name] and user.inputs.count(n.name) == 1
 
 
-def _is_decode(g: Graph) -> bool:
+def is_decode(g: Graph) -> bool:
+    """The graph of a decode step (one new row); the fusion passes of either phase ask this."""
     return g.meta.get("dims", {}).get("seq") == 1
 
 
@@ -164,7 +165,7 @@ def fuse_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
     """Decode (one query row): ``matmul(q, k_all) -> softmax -> matmul(., v_all)`` becomes one
     ``attention`` op over the KV cache (one kernel instead of three, the scores never leave the
     workgroup). The two matmuls keep their classification on the fused node."""
-    if not _is_decode(g):
+    if not is_decode(g):
         return g
     g = g.copy()
     for pv in g.by_op("matmul"):
@@ -222,7 +223,7 @@ def fuse_decode_gemv(g: Graph, opts: LowerOptions) -> Graph:
     dispatch of its own. ``silu(x Wg^T) * (x Wu^T)`` becomes one GEMV over both weights (SwiGLU),
     and an RMSNorm whose every consumer is such a GEMV becomes their prologue (each workgroup
     recomputes the tiny sum of squares from the activation loads it makes anyway)."""
-    if not _is_decode(g):
+    if not is_decode(g):
         return g
     g = g.copy()
     _fuse_swiglu(g)
@@ -281,7 +282,7 @@ def pack_qkv(g: Graph, opts: LowerOptions) -> Graph:
     weights (no weight copy: three bindings, rows picked by segment) writes a packed [q | k | v]
     row and stores v into its cache; K's norm+RoPE+write and the attention prologue read their
     slice of the packed row. Three dispatches become one."""
-    if not _is_decode(g):
+    if not is_decode(g):
         return g
     g = g.copy()
     _hoist_leaves(g)

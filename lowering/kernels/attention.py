@@ -216,13 +216,11 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                             if start + c * tile + p * threads + tx < end:
                                 for g in T.unroll(group):
                                     sc[g, p] = T.float32(0)
+                                pos = T.meta_var(start + c * tile + p * threads + tx)
                                 for i in T.unroll(hd4):
+                                    kv4[0] = T.Cast("float32x4", K[kh, pos, i])
                                     if k_write:  # position total - 1: the row in shared, not its cache write
-                                        kv4[0] = T.if_then_else(
-                                            start + c * tile + p * threads + tx == total - 1, q_sh[group, i],
-                                            T.Cast("float32x4", K[kh, start + c * tile + p * threads + tx, i]))
-                                    else:
-                                        kv4[0] = T.Cast("float32x4", K[kh, start + c * tile + p * threads + tx, i])
+                                        kv4[0] = T.if_then_else(pos == total - 1, q_sh[group, i], kv4[0])
                                     for g in T.unroll(group):
                                         sc[g, p] = sc[g, p] + T.call_pure_extern("float32", "dot", q_sh[g, i], kv4[0])
                         for g in T.unroll(group):
@@ -344,11 +342,12 @@ def _attention_spec(node: Node, g: Graph, opts: LowerOptions, split: tuple[int, 
         raise KeyError("fused attention needs a supported head_dim")
     ctx, scale = opts.max_context, float(node.attrs["scale"])
     eps = node.attrs.get("q_norm_eps")
-    q_norm, k_norm, extra, what = None, None, [], "split" if split else "whole"
+    q_norm, k_norm, rope, extra, what = None, None, [], [], "split" if split else "whole"
     if eps is not None:
         w = g[node.inputs[3]]
         q_norm = (float(eps), w.dtype)
-        extra = [w.name, *rope_tables(node.attrs["rope"], hd, ctx)]
+        rope = rope_tables(node.attrs["rope"], hd, ctx)
+        extra = [w.name, *rope]
         what += "+q_norm+rope"
     if node.attrs.get("k_write") is not None:  # the new K row's norm + RoPE + cache store
         kg = g[node.inputs[4]]
@@ -360,7 +359,7 @@ def _attention_spec(node: Node, g: Graph, opts: LowerOptions, split: tuple[int, 
     kv_bytes = f"2*{DTYPE_BYTES[kc.dtype]}*{nkv}*total*{hd}"
     args = [q.name, kc.name, vc.name, *extra, node.name]
     outputs = [len(args) - 1] + [1] * (k_norm is not None)  # the K cache is updated in place
-    return KernelSpec(f"{node.op}:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{extra[1:3]}:{split}:{k_norm}",
+    return KernelSpec(f"{node.op}:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{rope}:{split}:{k_norm}",
                       "attention", variants[0][1], args, outputs, flops=f"4*{nh}*total*{hd}",
                       bytes=f"{bytes_expr([q, node], ctx)} + {kv_bytes}", variants=variants)
 

@@ -19,28 +19,27 @@ from runtime.kernel import POD_BYTES, KernelProgram
 ROTATE_BYTES = 256 << 20
 
 
-class KernelTimer:
-    def __init__(self, dev: Device, program: KernelProgram, sizes: list[int], seq: int, total: int,
-                 rotate_bytes: int = ROTATE_BYTES, seed: int = 0) -> None:
-        """``sizes``: bytes of each kernel arg (spec order); read-only args are filled with small
-        random values and replicated, written args get one buffer each."""
+class ArgBuffers:
+    """GPU buffers for one kernel's args (spec order): read-only args filled with small random values
+    and replicated until the set is larger than ``rotate_bytes``, written args one buffer each.
+    Every schedule of one kernel has the same args, so the tuner's candidates share one set."""
+
+    def __init__(self, dev: Device, program: KernelProgram, sizes: list[int], rotate_bytes: int = ROTATE_BYTES,
+                 seed: int = 0) -> None:
         import wgpu
 
-        if not dev.has_timestamps:
-            raise RuntimeError("timing kernels needs the timestamp-query feature")
-        self.dev, self.program, self.wgpu = dev, program, wgpu
         d = dev.device
         usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
         written = {b.arg for b in program.bindings if b.write}
         types = {b.arg: b.type for b in program.bindings}
         read_bytes = sum(s for i, s in enumerate(sizes) if i not in written)
-        copies = max(1, min(16, rotate_bytes // max(read_bytes, 1)))
+        self.copies = max(1, min(16, rotate_bytes // max(read_bytes, 1)))
         rng = np.random.default_rng(seed)
         self.buffers: list[list[Any]] = []
-        self.nbytes = 0  # GPU memory this timer holds (benchmark scratch: every copy of every arg)
+        self.nbytes = 0  # GPU memory this set holds (benchmark scratch: every copy of every arg)
         for i, size in enumerate(sizes):
             size = (size + 15) // 16 * 16
-            n = 1 if i in written else copies
+            n = 1 if i in written else self.copies
             # values of the binding's element type: small normal floats (no denormal slow paths), and
             # zeros for integers (token ids must stay inside the table)
             ty = types.get(i, "f32")
@@ -52,11 +51,35 @@ class KernelTimer:
                 data = bytes(size)
             self.buffers.append([d.create_buffer_with_data(data=data, usage=usage) for _ in range(n)])
             self.nbytes += n * size
+
+    def copy(self, c: int) -> list[Any]:
+        """One buffer per arg: rotation ``c``'s copy of each read-only one."""
+        return [bufs[c % len(bufs)] for bufs in self.buffers]
+
+    def destroy(self) -> None:
+        for bufs in self.buffers:
+            for b in bufs:
+                b.destroy()
+
+
+class KernelTimer:
+    def __init__(self, dev: Device, program: KernelProgram, args: list[int] | ArgBuffers, seq: int, total: int,
+                 rotate_bytes: int = ROTATE_BYTES, seed: int = 0) -> None:
+        """``args``: bytes of each kernel arg (spec order: the timer makes and owns an
+        ``ArgBuffers``), or a set shared with other schedules of the same kernel (not destroyed here)."""
+        import wgpu
+
+        if not dev.has_timestamps:
+            raise RuntimeError("timing kernels needs the timestamp-query feature")
+        self.dev, self.program, self.wgpu = dev, program, wgpu
+        d = dev.device
+        self.owned = not isinstance(args, ArgBuffers)
+        self.args = ArgBuffers(dev, program, args, rotate_bytes, seed) if self.owned else args
+        self.nbytes = self.args.nbytes
         self.grid, pod = program.launch(seq, total)
         self.pod = d.create_buffer_with_data(data=pod.tobytes().ljust(POD_BYTES, b"\0"),
                                              usage=wgpu.BufferUsage.UNIFORM)
-        self.groups = [program.bind_group(d, [bufs[c % len(bufs)] for bufs in self.buffers], self.pod, 0)
-                       for c in range(copies)]
+        self.groups = [program.bind_group(d, self.args.copy(c), self.pod, 0) for c in range(self.args.copies)]
         self.qs = d.create_query_set(type=wgpu.QueryType.timestamp, count=2)
         self.resolve = d.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
         self.read = d.create_buffer(size=16, usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
@@ -92,8 +115,7 @@ class KernelTimer:
             self.seconds(reps=50, trials=1)
 
     def destroy(self) -> None:
-        for bufs in self.buffers:
-            for b in bufs:
-                b.destroy()
+        if self.owned:
+            self.args.destroy()
         for b in (self.pod, self.resolve, self.read):
             b.destroy()

@@ -2,8 +2,11 @@
 
 The compiler builds several schedules of each GEMV (``vec4-gemv(ts=..,tr=..)``: rows per
 workgroup, threads per row); which is fastest depends on the GPU and the shape. This times every
-candidate alone on the device (timestamp queries, weights rotated past the L2 cache), prints the
-table (GB/s moved; TFLOP/s too for GEMMs), and writes ``tuning.json`` into the module; later loads
+candidate alone on the device (timestamp queries, weights rotated past the L2 cache), in
+``rounds`` interleaved rounds (each candidate once per round; its time is the median of its
+rounds: on the H200 one schedule timed 82.5 us in one pass and 496 us in a later one when each
+candidate was timed in one go), prints the table (GB/s moved; TFLOP/s too for GEMMs; the spread
+is a candidate's slowest round over its fastest), and writes ``tuning.json`` into the module; later loads
 use the chosen schedules.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -19,11 +23,11 @@ from common.cli_help import HelpFormatter
 from common.errors import UserError, cli_main
 
 
-def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict:
+def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50, rounds: int = 5) -> dict:
     from runtime.compiled import TUNING_FILE, load_compiled
     from runtime.device import open_device
     from runtime.kernel import KernelProgram
-    from runtime.microbench import KernelTimer
+    from runtime.microbench import ArgBuffers, KernelTimer
     from runtime.profile import cost
 
     (compiled_dir / TUNING_FILE).unlink(missing_ok=True)  # measure every candidate, not a previous choice
@@ -50,16 +54,23 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
         sizes = plan.arg_bytes(d.args, seq, total, ctx)
         moved = cost(d.bytes, seq, total)
         flops = cost(d.flops, seq, total)
-        rows = {}
-        for name in [main, *kernels[main].alternates]:
-            prog = KernelProgram(dev.device, name, kernels[name], module.wgsl[name])
-            timer = KernelTimer(dev, prog, sizes, seq, total)
-            if not table and not rows:
-                timer.warm_up()
-            t = timer.seconds(reps)
+        names = [main, *kernels[main].alternates]
+        progs = [KernelProgram(dev.device, name, kernels[name], module.wgsl[name]) for name in names]
+        args = ArgBuffers(dev, progs[0], sizes)
+        timers = [KernelTimer(dev, prog, args, seq, total) for prog in progs]
+        timers[0].warm_up(0.2 if table else 0.5)  # pipeline creation left the GPU idle: clocks back up
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(rounds):  # interleaved: a clock or neighbour change hits every candidate alike
+            for name, timer in zip(names, timers, strict=True):
+                samples[name].append(timer.seconds(reps, trials=2))
+        for timer in timers:
             timer.destroy()
+        args.destroy()
+        rows = {}
+        for name in names:
+            t = statistics.median(samples[name])
             rows[name] = {"rule": kernels[name].rule, "us": t * 1e6, "gb_s": moved / t / 1e9,
-                          "tflop_s": flops / t / 1e12}
+                          "tflop_s": flops / t / 1e12, "spread": max(samples[name]) / min(samples[name])}
         best = min(rows, key=lambda n: rows[n]["us"])
         choices[main] = best
         table[main] = rows
@@ -70,7 +81,7 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50) -> dict
         for name, r in sorted(rows.items(), key=lambda kv: kv[1]["us"]):
             rate = f" {r['tflop_s']:6.2f} TFLOP/s" if gemm else ""
             chosen = "  <- chosen" if name == best else ""
-            print(f"  {r['rule']:{width}} {r['us']:9.1f} us {r['gb_s']:8.1f} GB/s{rate}{chosen}")
+            print(f"  {r['rule']:{width}} {r['us']:9.1f} us {r['gb_s']:8.1f} GB/s{rate}  x{r['spread']:.2f}{chosen}")
     out = {"device": dev.name, "choices": choices, "measurements": table}
     tmp = compiled_dir / f".{TUNING_FILE}.tmp{os.getpid()}"
     tmp.write_text(json.dumps(out, indent=1))
@@ -86,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapter", help="Vulkan adapter index or name substring (default: $QWEN3VK_ADAPTER, else the "
                     "first GPU)")
     ap.add_argument("--reps", type=int, default=50, help="launches per timed pass")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each candidate's time: its median)")
     a = ap.parse_args(argv)
-    tune(a.compiled_dir, a.adapter, a.reps)
+    tune(a.compiled_dir, a.adapter, a.reps, a.rounds)
     return 0
 
 

@@ -149,6 +149,16 @@ def _fused_gemv(ins, attrs):
     return (1, w[0]), F32
 
 
+def _fused_gemm(ins, attrs):
+    """Prefill SwiGLU as one GEMM over two weights: ``silu(x W^T) * (x U^T)``, x [M, K], W and U
+    [N, K] -> [M, N] (``swiglu`` is its only mode: the attr says which epilogue the kernel runs)."""
+    (x, _), (w, _), (u, _) = ins
+    _need(attrs.get("swiglu") is True, "fused_gemm: only the swiglu mode exists")
+    _need(len(x) == 2 and len(w) == 2 and w[1] == x[1] and tuple(u) == tuple(w),
+          f"fused_gemm needs x [M,K] and W, U [N,K], got {fmt(x)}, {fmt(w)}, {fmt(u)}")
+    return (x[0], w[0]), F32
+
+
 def _qkv_gemv(ins, attrs):
     """Decode q, k, v projections as one GEMV: x [1, K] (RMSNorm prologue with the norm weight),
     Wq/Wk/Wv [n_i, K] -> packed [1, nq + nk + nv]; the v rows are also stored into cache_v (last
@@ -245,6 +255,7 @@ OPS: dict[str, Infer] = {
     "attention_combine": _attention_combine,
     "prefill_attention": _prefill_attention,
     "fused_gemv": _fused_gemv,
+    "fused_gemm": _fused_gemm,
     "qkv_gemv": _qkv_gemv,
     "rope": _rope,
     "rms_norm_rope": lambda ins, attrs: _rope([_rms_norm(ins, attrs)], attrs),

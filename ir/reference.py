@@ -175,6 +175,7 @@ RULES: dict[str, Rule] = {
     "rms_norm_rope": lambda at, st, x, w: _rope(_rms_norm(x, w, at["eps"]), at["rope"], st.past),
     "matmul": _matmul,
     "fused_gemv": _fused_gemv,
+    "fused_gemm": _fused_gemv,  # the same formula (x W^T, SwiGLU's second weight) over M rows
     "qkv_gemv": _qkv_gemv,
     "attention": _attention,
     "attention_partial": _attention_partial,

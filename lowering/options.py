@@ -22,6 +22,9 @@ class LowerOptions:
     # prefill attention as one flash-attention kernel (lowering.fuse_prefill_attention); False keeps
     # the batched GEMM + softmax path (the baseline to time it against; the unfused kernels' tests)
     fuse_prefill_attention: bool = True
+    # prefill gate + up GEMMs + silu_mul as one GEMM over both weights (lowering.fuse_prefill_swiglu);
+    # False keeps the three kernels (the baseline to time it against; the unfused kernels' tests)
+    fuse_prefill_swiglu: bool = True
     # none | q8 | q4: 2-D weights (linears, embedding) in that common.weight_format, quantized at first load
     quantize: str = "none"
     keep_lm_head: bool = False  # with quantize: the lm_head (and a tied embedding) stays in weight_dtype

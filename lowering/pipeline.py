@@ -10,6 +10,7 @@ from ir.verify import GraphError, verify
 from lowering.classify import classify_matmuls
 from lowering.fuse_k_write import fuse_k_write
 from lowering.fuse_prefill_attention import fuse_prefill_attention
+from lowering.fuse_prefill_swiglu import fuse_prefill_swiglu
 from lowering.options import LowerOptions
 from lowering.passes import (
     elide_layout_transposes,
@@ -35,6 +36,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("elide_layout_transposes", elide_layout_transposes),
     ("fuse_decode_attention", fuse_decode_attention),
     ("fuse_prefill_attention", fuse_prefill_attention),
+    ("fuse_prefill_swiglu", fuse_prefill_swiglu),
     ("fuse_decode_gemv", fuse_decode_gemv),
     ("fuse_kv_writes", fuse_kv_writes),
     ("pack_qkv", pack_qkv),

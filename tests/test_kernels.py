@@ -26,9 +26,10 @@ from runtime.device import open_device
 from runtime.launcher import KernelLauncher
 
 _NP = {"float16": np.float16, "float32": np.float32, "int32": np.int32}
-# batched_gemm and softmax are prefill attention's unfused path: tests/test_prefill_attention.py
-# compiles a module with it (fuse_prefill_attention=False) and runs those kernels
-KCLASSES = {"gemv", "gemm", "attention", "norm", "elementwise", "copy", "gather", "kv_write"}
+# batched_gemm and softmax are prefill attention's unfused path, elementwise (silu_mul) prefill
+# SwiGLU's: tests/test_prefill_attention.py compiles a module with both (fuse_prefill_attention=False,
+# fuse_prefill_swiglu=False) and runs those kernels
+KCLASSES = {"gemv", "gemm", "attention", "norm", "copy", "gather", "kv_write"}
 
 
 def _cases(module):
@@ -190,7 +191,8 @@ def test_every_gemm_variant_against_numpy(wdtype):
     """Each prefill GEMM tiling the tuner may pick, for every weight format (quantized ones against
     their dequantized values), with row and column tails (seq and N not multiples of any tile; an N
     not a multiple of 4, stored value by value), K of one or several slices (odd and even counts:
-    the double-buffered loop runs slices in pairs), with and without the residual."""
+    the double-buffered loop runs slices in pairs), with and without the residual; and the SwiGLU
+    GEMM (``silu(A W^T) * (A U^T)``, two weights; each tiling that fits it) at one such shape."""
     from lowering.build import build_kernel
     from lowering.kernels import gemm
     from lowering.kernels.spec import KernelSpec
@@ -201,14 +203,17 @@ def test_every_gemm_variant_against_numpy(wdtype):
     rng = np.random.default_rng(2)
     quant = wdtype in ("q4", "q8")
     fmt = of_dtype(wdtype)
-    cases = [(200, 160, True), (130, 96, False)] + ([] if quant else [(64, 48, False)])  # q: K % 32
-    for n, k, res in cases:
-        buf = encode(rng.standard_normal((n, k)).astype(np.float32), fmt)
-        w = decode(buf, (n, k), fmt).astype(np.float64)
-        ws = [buf, buf] if quant else [buf.view(_NP[wdtype]).reshape(n, k)]
+    cases = [(200, 160, True, False), (130, 96, False, False)] + ([] if quant else [(64, 48, False, False)])
+    # swiglu: N not a multiple of 4 (value stores) in f32; an odd slice count where K allows (q: K % 32)
+    cases.append((200, 160, False, True) if quant else (130 if wdtype == "float32" else 200, 112, False, True))
+    for n, k, res, swiglu in cases:
+        bufs = [encode(rng.standard_normal((n, k)).astype(np.float32), fmt) for _ in range(1 + swiglu)]
+        vals = [decode(b, (n, k), fmt).astype(np.float64) for b in bufs]
+        w, u = vals[0], vals[-1]
+        ws = [x for b in bufs for x in ([b, b] if quant else [b.view(_NP[wdtype]).reshape(n, k)])]
         nargs = 2 + len(ws) + res
-        variants = gemm.schedules(n, k, wdtype, res)
-        assert len(variants) >= (4 if k % 32 == 0 else 3)
+        variants = gemm.schedules(n, k, wdtype, res, swiglu)
+        assert len(variants) >= (6 if swiglu else 4 if k % 32 == 0 else 3)
         for name, builder in variants:
             spec = KernelSpec(f"g{n}x{k}", "gemm", builder, [f"x{i}" for i in range(nargs)], [nargs - 1],
                               variants=[(name, builder)])
@@ -219,9 +224,11 @@ def test_every_gemm_variant_against_numpy(wdtype):
                 a = rng.standard_normal((seq, k)).astype(np.float32)
                 r = rng.standard_normal((seq, n)).astype(np.float32)
                 expected = a.astype(np.float64) @ w.T + (r if res else 0)
+                if swiglu:
+                    expected = expected / (1 + np.exp(-expected)) * (a.astype(np.float64) @ u.T)
                 got = launch([a, *ws, *([r] if res else []), np.full((seq, n), np.nan, np.float32)], seq, seq)[-1]
                 err = np.abs(got - expected).max() / np.abs(expected).max()
-                assert err < 1e-5, f"{wdtype} {name} seq={seq} {n}x{k} res={res}: rel err {err:.1e}"
+                assert err < 1e-5, f"{wdtype} {name} seq={seq} {n}x{k} res={res} swiglu={swiglu}: rel err {err:.1e}"
 
 
 def _attention_node(op: str, group: int, hd: int, q_norm: bool, split: tuple[int, int] | None):

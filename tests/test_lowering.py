@@ -91,6 +91,33 @@ def test_kv_dtype_and_unsplit_attention_options(cfg06):
     assert p["layers.0.attention"].op == "prefill_attention" and p["layers.0.k_all"].dtype == "float16"
 
 
+@pytest.mark.parametrize("quantize", ["none", "q4"])
+def test_prefill_swiglu_is_one_gemm(cfg06, quantize):
+    """Prefill: each layer's gate GEMM, up GEMM and silu_mul become one ``fused_gemm`` over both
+    weights (any storage format) that feeds down_proj; both matmuls keep their classification.
+    Decode keeps its SwiGLU GEMV; a gate GEMM that another node also reads stays unfused."""
+    p = lower(trace(cfg06, "prefill"), LowerOptions("float16", 4608, 512, quantize=quantize))
+    assert len(p.by_op("fused_gemm")) == 28 and not p.by_op("silu_mul") and not p.by_op("silu")
+    f = p["layers.0.mul"]
+    assert f.inputs == ["layers.0.mlp_norm", "layers.0.mlp.gate_proj.weight", "layers.0.mlp.up_proj.weight"]
+    assert f.attrs == {"swiglu": True, "kernel_class": "gemm"} and f.shape == ("seq", 3072)
+    assert [(m["name"], m["kernel_class"]) for m in f.meta["fused_matmuls"]] == [
+        ("layers.0.gate_proj", "gemm"), ("layers.0.up_proj", "gemm")]
+    assert f.meta["covers"] == ["layers.0.gate_proj", "layers.0.up_proj", "layers.0.silu", "layers.0.mul"]
+    assert "SwiGLU" in f.meta["reason"] and p["layers.0.down_proj"].inputs[0] == "layers.0.mul"
+    assert not any(m.name.endswith(("gate_proj", "up_proj")) for m in p.by_op("matmul"))
+    d = lower(trace(cfg06, "decode"), LowerOptions("float16", 4608, 512, quantize=quantize))
+    assert not d.by_op("fused_gemm") and d["layers.0.mul"].op == "fused_gemv"
+
+    g = trace(cfg06, "prefill")  # another reader of layer 0's gate: that layer keeps three kernels
+    g.add(Node("probe", "output", ["layers.0.gate_proj"], g["layers.0.gate_proj"].shape, "float32",
+               {"name": "probe"}))
+    p = lower(g, LowerOptions("float16", 4608, 512))
+    assert p["layers.0.mul"].op == "silu_mul" and p["layers.1.mul"].op == "fused_gemm"
+    p = lower(trace(cfg06, "prefill"), LowerOptions("float16", 4608, 512, fuse_prefill_swiglu=False))
+    assert len(p.by_op("silu_mul")) == 28 and not p.by_op("fused_gemm")  # the baseline to time against
+
+
 def test_compile_qwen06b_and_dump(qwen06b, tmp_path):
     out = tmp_path / "m.vkmod"
     t0 = time.perf_counter()

@@ -121,11 +121,13 @@ def test_pass_fuses_prefill_attention_and_shrinks_the_plan(cfg06):
 
 def test_unfused_prefill_path_kernels_against_numpy(compiled):
     """``fuse_prefill_attention=False`` keeps the batched GEMM + softmax path (the baseline to time
-    against, and what a head_dim the kernel does not support compiles to): its kernels against numpy."""
+    against, and what a head_dim the kernel does not support compiles to), ``fuse_prefill_swiglu=False``
+    the gate and up GEMMs + silu_mul: their kernels against numpy."""
     from runtime.compiled import load_compiled
     from tests.test_kernels import check_every_kernel
 
     module = load_compiled(compiled("tiny-gqa4", "f32", "float32", max_context=704, prefill_chunk=64,
-                                    fuse_prefill_attention=False))
+                                    fuse_prefill_attention=False, fuse_prefill_swiglu=False))
     assert not any(d.node.endswith(".attention") for d in module.manifest.phases["prefill"].dispatches)
-    assert {"batched_gemm", "softmax", "attention"} <= check_every_kernel(module, 1e-5)
+    assert "silu_mul" in {d.op for d in module.manifest.phases["prefill"].dispatches}
+    assert {"batched_gemm", "softmax", "attention", "elementwise"} <= check_every_kernel(module, 1e-5)

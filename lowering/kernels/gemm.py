@@ -26,6 +26,20 @@ loads, see gemv.py for why). These are classic SIMT tilings with vec4 everywhere
 
 Rows beyond ``seq`` and columns beyond N are clamped on load and skipped on store. Every variant
 stays within 32 KiB of shared memory (lavapipe's limit; NVIDIA's Vulkan limit is 48 KiB).
+
+``swiglu``: the prefill MLP's ``silu(A Wg^T) * (A Wu^T)`` as one GEMM over both weights
+(``lowering.fuse_prefill_swiglu``). The ``bn`` columns of the workgroup's weight tile are
+``bn / 2`` gate rows then the same ``bn / 2`` up rows, so the workgroup owns a ``bm x bn / 2``
+tile of C. A thread's column quads are ``tn`` apart, so with an even ``pn / 4`` its first half
+are gate columns and its second half the *same* columns of up (``qn / 2 = tn pn / 8`` quads
+further): ``silu(g) * u`` is a register-local epilogue. Everything else is the plain schedule:
+the same shared tiles, accumulators per thread and FMAs per shared read, each A slice staged
+once for both weights, and the grid has as many workgroups as both GEMMs together. Why not a
+full ``pm x pn`` accumulator set per weight: twice the accumulators (128 floats a thread in the
+8x8 tilings: fewer resident warps) and twice W's shared tile (the 128x128, bk 16 double-buffered
+tiling would need 48 KiB, over lavapipe's 32 KiB). The W side of a slice's blocks is gate blocks
+then up blocks, split on a warp boundary (``Tiling.fits``), so picking the weight binding is a
+warp-uniform branch like A vs W. Tilings with ``pn = 4`` have no such split and are not offered.
 """
 
 import functools
@@ -68,14 +82,26 @@ class Tiling:
         return (f"outer-gemm({self.bm}x{self.bn} tile, {self.pm}x{self.pn} per thread, bk {self.bk}, "
                 f"{'double-buffered' if self.stages == 2 else 'prefetch'})")
 
-    def fits(self, k: int) -> bool:
-        return k % self.bk == 0
+    def fits(self, k: int, swiglu: bool = False) -> bool:
+        """Whether this tiling divides K; with ``swiglu``, whether each thread's column quads split
+        into matching gate and up halves (an even ``pn / 4``) and the gate | up boundary of the W
+        blocks falls on a warp boundary (``bn`` a multiple of 64; module docstring)."""
+        return k % self.bk == 0 and (not swiglu or (self.pn % 8 == 0 and self.bn % 64 == 0
+                                                     and self.bn // 8 * self.bk // 4 % 32 == 0))
+
+    def label(self, swiglu: bool = False) -> str:
+        """The variant name: with ``swiglu``, the tile's columns are half gate, half up."""
+        return self.name.replace("outer-gemm(", "outer-gemm-swiglu(", 1).replace(
+            " tile,", f" tile = {self.bn // 2} gate + {self.bn // 2} up columns,", 1) if swiglu else self.name
 
 
-def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling) -> Callable[[], object]:
-    """The builder of one ``Tiling`` (module docstring: layout, loads, pipelining)."""
+def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
+                    swiglu: bool = False) -> Callable[[], object]:
+    """The builder of one ``Tiling`` (module docstring: layout, loads, pipelining); ``swiglu``:
+    ``C = silu(A W^T) * (A U^T)``, the tile's columns half W rows, half the same U rows."""
     bm, bn, pm, pn, bk, stages = t.bm, t.bn, t.pm, t.pn, t.bk, t.stages
     assert pm % 4 == 0 and pn % 4 == 0 and bk % 4 == 0 and k % bk == 0 and stages in (1, 2), t
+    assert not (swiglu and residual) and t.fits(k, swiglu), t
     tm, tn = bm // pm, bn // pn  # threads along M and N
     nt = tm * tn
     bk4, k4, steps = bk // 4, k // 4, k // bk
@@ -86,6 +112,10 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling) -> C
     rw = WeightRead(wdtype, n, k)
     vec_out = n % 4 == 0  # C and R as vec4 rows (else per-value stores)
     cdt, cols = ("float32x4", n // 4) if vec_out else ("float32", n)
+    # swiglu: W blocks [0, nw / 2) are gate rows, [nw / 2, nw) the same rows of up; C columns per
+    # workgroup (ob, in quads oq) and per thread (pqo quads) are half the tile's
+    nwg, oq, pqo = (nw // 2, qn // 2, pqn // 2) if swiglu else (nw, qn, pqn)
+    ob = oq * 4
 
     def quad(b):  # row quad of block b: lanes 8 apart in b are 8 quads apart...
         return b // (8 * bk4) * 8 + b % 8
@@ -98,7 +128,7 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling) -> C
 
     def w_vec(W, WS, by, b, r, ks):
         """Row ``r`` of W block ``b`` of slice ``ks``: 4 values along K as f32 (any weight format)."""
-        return rw.vec4(W, WS, T.min(by * bn + quad(b) * 4 + r, n - 1), ks * bk4 + kq(b))
+        return rw.vec4(W, WS, T.min(by * ob + quad(b) * 4 + r, n - 1), ks * bk4 + kq(b))
 
     def column(pv, l, c):  # value c of the block's 4 row vectors: its 4 rows at one k, as a vec4
         return T.Shuffle([pv[l * 4], pv[l * 4 + 1], pv[l * 4 + 2], pv[l * 4 + 3]], [c, 4 + c, 8 + c, 12 + c])
@@ -106,17 +136,36 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling) -> C
     def row(bx, ty, i):
         return bx * bm + (ty + tm * (i // 4)) * 4 + i % 4
 
+    def col(by, tx, j):  # C column quad of the thread's output quad j
+        return by * oq + tx + tn * j
+
+    def result(acc, i, j):
+        """The thread's output vec4 ``(i, j)``: the accumulator, or with ``swiglu`` silu(gate) * up,
+        up's accumulator ``pqo`` quads further (the same C columns)."""
+        if not swiglu:
+            return acc[i * pqn + j]
+        g = acc[i * pqn + j]
+        return g / (T.Broadcast(T.float32(1), 4) + T.exp(-g)) * acc[i * pqn + j + pqo]
+
     @T.macro
-    def fetch(A, W, WS, pv, seq, bx, by, tid, ks):
-        """Global -> registers: this thread's blocks of slice ``ks`` (A blocks first, then W;
-        the split falls on a warp boundary, so the branch is uniform per warp)."""
+    def fetch(A, W, WS, U, US, pv, seq, bx, by, tid, ks):
+        """Global -> registers: this thread's blocks of slice ``ks`` (A blocks first, then W, then
+        with ``swiglu`` U; the splits fall on warp boundaries, so the branches are uniform per warp)."""
         for l in T.unroll(loads):
             if tid + l * nt < na:
                 for r in T.unroll(4):
                     pv[l * 4 + r] = a_vec(A, seq, bx, tid + l * nt, r, ks)
             elif tid + l * nt < na + nw:
-                for r in T.unroll(4):
-                    pv[l * 4 + r] = w_vec(W, WS, by, tid + l * nt - na, r, ks)
+                if swiglu:
+                    if tid + l * nt < na + nwg:
+                        for r in T.unroll(4):
+                            pv[l * 4 + r] = w_vec(W, WS, by, tid + l * nt - na, r, ks)
+                    else:  # up's rows: the tile's second half
+                        for r in T.unroll(4):
+                            pv[l * 4 + r] = w_vec(U, US, by, tid + l * nt - na - nwg, r, ks)
+                else:
+                    for r in T.unroll(4):
+                        pv[l * 4 + r] = w_vec(W, WS, by, tid + l * nt - na, r, ks)
 
     @T.macro
     def stash(a_sh, w_sh, pv, tid):
@@ -144,12 +193,13 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling) -> C
     def build():
         @T.prim_func(private=True)
         def gemm(var_a: T.handle, W: T.Buffer((n, rw.units), dtype=rw.unit),
-                 WS: T.Buffer((rw.scale_len,), "float16"), var_r: T.handle, var_c: T.handle):
+                 WS: T.Buffer((rw.scale_len,), "float16"), U: T.Buffer((n, rw.units), dtype=rw.unit),
+                 US: T.Buffer((rw.scale_len,), "float16"), var_r: T.handle, var_c: T.handle):
             seq = T.int32()
             A = T.match_buffer(var_a, (seq, k4), "float32x4")
             R = T.match_buffer(var_r, (seq, cols), cdt)
             C = T.match_buffer(var_c, (seq, cols), cdt)
-            for by in T.thread_binding((n + bn - 1) // bn, thread="blockIdx.y"):
+            for by in T.thread_binding((n + ob - 1) // ob, thread="blockIdx.y"):
                 for bx in T.thread_binding((seq + bm - 1) // bm, thread="blockIdx.x"):
                     for ty in T.thread_binding(tm, thread="threadIdx.y"):
                         for tx in T.thread_binding(tn, thread="threadIdx.x"):
@@ -163,12 +213,12 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling) -> C
                             pv = T.alloc_buffer((loads * 4,), "float32x4", scope="local")
                             for i in T.unroll(pm * pqn):
                                 acc[i] = T.Broadcast(T.float32(0), 4)
-                            fetch(A, W, WS, pv, seq, bx, by, ty * tn + tx, 0)
+                            fetch(A, W, WS, U, US, pv, seq, bx, by, ty * tn + tx, 0)
                             if stages == 1:
                                 for ko in range(steps):
                                     stash(a0, w0, pv, ty * tn + tx)
                                     T.tvm_storage_sync("shared")
-                                    fetch(A, W, WS, pv, seq, bx, by, ty * tn + tx, T.min(ko + 1, steps - 1))
+                                    fetch(A, W, WS, U, US, pv, seq, bx, by, ty * tn + tx, T.min(ko + 1, steps - 1))
                                     multiply(a0, w0, av, wv, acc, ty, tx)
                                     T.tvm_storage_sync("shared")
                             else:
@@ -176,37 +226,38 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling) -> C
                                 stash(a0, w0, pv, ty * tn + tx)
                                 T.tvm_storage_sync("shared")
                                 for kp in range(steps // 2):
-                                    fetch(A, W, WS, pv, seq, bx, by, ty * tn + tx, kp * 2 + 1)
+                                    fetch(A, W, WS, U, US, pv, seq, bx, by, ty * tn + tx, kp * 2 + 1)
                                     multiply(a0, w0, av, wv, acc, ty, tx)
                                     stash(a1, w1, pv, ty * tn + tx)
                                     T.tvm_storage_sync("shared")
-                                    fetch(A, W, WS, pv, seq, bx, by, ty * tn + tx, T.min(kp * 2 + 2, steps - 1))
+                                    fetch(A, W, WS, U, US, pv, seq, bx, by, ty * tn + tx, T.min(kp * 2 + 2, steps - 1))
                                     multiply(a1, w1, av, wv, acc, ty, tx)
                                     stash(a0, w0, pv, ty * tn + tx)
                                     T.tvm_storage_sync("shared")
                                 if steps % 2 == 1:
                                     multiply(a0, w0, av, wv, acc, ty, tx)
                             for i in T.unroll(pm):
-                                for j in T.unroll(pqn):
+                                for j in T.unroll(pqo):
                                     if vec_out:
-                                        if row(bx, ty, i) < seq and (by * qn + tx + tn * j) * 4 < n:
+                                        if row(bx, ty, i) < seq and col(by, tx, j) * 4 < n:
                                             if residual:
-                                                C[row(bx, ty, i), by * qn + tx + tn * j] = acc[i * pqn + j] + R[
-                                                    row(bx, ty, i), by * qn + tx + tn * j]
+                                                C[row(bx, ty, i), col(by, tx, j)] = result(acc, i, j) + R[
+                                                    row(bx, ty, i), col(by, tx, j)]
                                             else:
-                                                C[row(bx, ty, i), by * qn + tx + tn * j] = acc[i * pqn + j]
+                                                C[row(bx, ty, i), col(by, tx, j)] = result(acc, i, j)
                                     else:
                                         for c in T.unroll(4):
-                                            if row(bx, ty, i) < seq and (by * qn + tx + tn * j) * 4 + c < n:
+                                            if row(bx, ty, i) < seq and col(by, tx, j) * 4 + c < n:
                                                 if residual:
-                                                    C[row(bx, ty, i), (by * qn + tx + tn * j) * 4 + c] = T.Shuffle(
-                                                        [acc[i * pqn + j]], [c]) + R[
-                                                        row(bx, ty, i), (by * qn + tx + tn * j) * 4 + c]
+                                                    C[row(bx, ty, i), col(by, tx, j) * 4 + c] = T.Shuffle(
+                                                        [result(acc, i, j)], [c]) + R[
+                                                        row(bx, ty, i), col(by, tx, j) * 4 + c]
                                                 else:
-                                                    C[row(bx, ty, i), (by * qn + tx + tn * j) * 4 + c] = T.Shuffle(
-                                                        [acc[i * pqn + j]], [c])
+                                                    C[row(bx, ty, i), col(by, tx, j) * 4 + c] = T.Shuffle(
+                                                        [result(acc, i, j)], [c])
 
-        unused = {name for name, used in (("R", residual), ("WS", rw.quantized)) if not used}
+        unused = {name for name, used in (("R", residual), ("WS", rw.quantized), ("U", swiglu),
+                                          ("US", swiglu and rw.quantized)) if not used}
         return tirx.PrimFunc([p for p in gemm.params if p.name not in unused], gemm.body, gemm.ret_type, gemm.attrs)
 
     return build
@@ -318,10 +369,15 @@ TILINGS = (
 )
 
 
-def schedules(n: int, k: int, wdtype: str, residual: bool) -> list[tuple[str, Callable[[], object]]]:
+def schedules(n: int, k: int, wdtype: str, residual: bool,
+              swiglu: bool = False) -> list[tuple[str, Callable[[], object]]]:
     """Every tiling as a named variant: the first (the baseline, so an untuned module runs what it
-    ran before) is built by default, the tuner picks among all."""
+    ran before) is built by default, the tuner picks among all. ``swiglu`` (``C = silu(A W^T) *
+    (A U^T)``): the outer tilings that fit it (``Tiling.fits``), the first (128 x 128, 8 x 8 per
+    thread, double-buffered) by default; the baseline has no such mode."""
+    if swiglu:
+        return [(t.label(True), outer_gemm_func(n, k, wdtype, residual, t, True)) for t in TILINGS if t.fits(k, True)]
     tile, per, pf = BASELINE
     out = [(f"tiled-gemm({tile}x{tile} tile, {per}x{per} per thread{', prefetch' if pf else ''})",
             gemm_func(n, k, wdtype, residual, tile, per, pf))]
-    return out + [(t.name, outer_gemm_func(n, k, wdtype, residual, t)) for t in TILINGS if t.fits(k)]
+    return out + [(t.label(), outer_gemm_func(n, k, wdtype, residual, t)) for t in TILINGS if t.fits(k)]

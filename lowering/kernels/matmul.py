@@ -48,6 +48,19 @@ def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     return spec
 
 
+@generator("fused_gemm")
+def fused_gemm(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
+    """Prefill SwiGLU ``silu(x W^T) * (x U^T)``: one GEMM over both weights (``gemm.schedules``
+    with ``swiglu``; ``lowering.fuse_prefill_swiglu``). Its cost counts both weights' GEMMs."""
+    a, w, u = (g[i] for i in node.inputs)
+    n, K = w.shape
+    variants = gemm.schedules(n, K, w.dtype, False, swiglu=True)
+    args = [a.name, *weight_args(w), *weight_args(u)]
+    return KernelSpec(f"fused_gemm:swiglu:{shape_key(a)}x{shape_key(w)}", "gemm", variants[0][1], [*args, node.name],
+                      [len(args)], flops=f"4*{numel_expr(node.shape, opts.max_context)}*{K}",
+                      bytes=bytes_expr([a, w, u, node], opts.max_context), variants=variants)
+
+
 def _attention_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     a, view = g[node.inputs[0]], g[node.inputs[1]]
     if view.op != "kv_cache_read":

@@ -114,7 +114,7 @@ class Plan:
 
     def arg_bytes(self, args: list[str], seq: int, total: int, ctx: int) -> list[int]:
         """Byte size of each dispatch arg at these scalars (benchmarks allocate stand-ins). A
-        ``const:...:<rows>x<cols>`` arg is a float32 table the runtime computes (``runtime.constants``)."""
+        ``const:...:<rows>x<cols>`` arg is a table of 4-byte values the runtime makes (``runtime.constants``)."""
         dims = {"seq": seq, "total": total, "ctx": ctx}
         return [_const_nbytes(a) if a.startswith("const:") else self.tensors[a].nbytes(dims) for a in args]
 

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="decode attention splits the cache into up to N pieces per kv head, one workgroup each "
                     "(flash-decoding; 1: one workgroup per kv head and no combine dispatch; default: "
                     f"{LowerOptions.attention_splits})")
+    ap.add_argument("--separate-attention-combine", action="store_true", help="merge decode attention's splits "
+                    "in a dispatch of its own instead of in the attention kernel's last workgroup per kv head (the "
+                    "baseline to time it against)")
     ap.add_argument("--unfused-prefill-attention", action="store_true", help="keep prefill attention as batched "
                     "GEMMs + softmax over a [heads, seq, total] score tensor instead of one flash-attention kernel "
                     "(the baseline to time it against)")
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                         prefill_chunk=min(a.prefill_chunk, max_ctx), kv_dtype=_DTYPES[a.kv_dtype],
                         attention_splits=a.attention_splits, quantize=a.quantize, keep_lm_head=a.keep_lm_head,
                         fuse_prefill_attention=not a.unfused_prefill_attention,
+                        fuse_attention_combine=not a.separate_attention_combine,
                         tuning_candidates=not a.no_tuning_candidates)
     compile_model(a.model_dir, out, opts, force=a.force, dump_after=a.dump_after, use_cache=not a.no_cache)
     return 0

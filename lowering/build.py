@@ -35,6 +35,7 @@ _BIND_RE = re.compile(r"@binding\((\d+)\) var<storage, (read|read_write)> (\w+) 
 _POD_RE = re.compile(r"struct PODArgs \{([^}]*)\}")
 _WG_RE = re.compile(r"@workgroup_size\((\d+), (\d+), (\d+)\)")
 _ENTRY_RE = re.compile(r"fn (\w+)\(\s*@builtin")
+_ATOMIC_USE_RE = re.compile(r"\batomic\w+\(\(&\((\w+)\[")
 
 
 @dataclass
@@ -149,7 +150,21 @@ def _compile(scheduled: tvm.IRModule, target: tvm.target.Target) -> tuple[str, t
         raise RuntimeError(f"expected one device module, got {len(devices)}")
     (dev_target, device), = devices.items()
     lib = tir_to_runtime(finalize_host()(host), {dev_target: finalize_device()(device)}, target.host)
-    return lib.imports[0].inspect_source(), device
+    return atomic_bindings(lib.imports[0].inspect_source()), device
+
+
+def atomic_bindings(wgsl: str) -> str:
+    """Storage buffers a kernel uses through WGSL atomics (``T.call_extern("int32", "atomicAdd",
+    T.address_of(B[i]), 1)``, printed as ``atomicAdd((&(B_ptr[i])), 1i)``) declared as
+    ``array<atomic<i32>>``, read-write: TVM's codegen knows no atomic types and declares them by
+    their element type, read-only when it sees no store. Such a buffer must be used only through
+    atomics (WGSL has no plain access to an atomic)."""
+    for name in set(_ATOMIC_USE_RE.findall(wgsl)):
+        wgsl, n = re.subn(rf"var<storage, read(?:_write)?> {name} : array<(\w+)>;",
+                          rf"var<storage, read_write> {name} : array<atomic<\1>>;", wgsl)
+        if n != 1:
+            raise RuntimeError(f"atomic buffer {name}: expected one storage declaration to retype, found {n}")
+    return wgsl
 
 
 @contextlib.contextmanager

@@ -19,6 +19,9 @@ class LowerOptions:
     # context 128 609 vs 645 (the combine reads every slot)
     attention_splits: int = 64
     attention_split_unit: int = 64
+    # the splits' merge done by the attention kernel's last workgroup per kv head
+    # (lowering.fuse_attention_combine); False keeps the attention_combine dispatch (the baseline)
+    fuse_attention_combine: bool = True
     # prefill attention as one flash-attention kernel (lowering.fuse_prefill_attention); False keeps
     # the batched GEMM + softmax path (the baseline to time it against; the unfused kernels' tests)
     fuse_prefill_attention: bool = True

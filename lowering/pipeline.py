@@ -8,6 +8,7 @@ from ir.graph import Graph
 from ir.printer import to_text
 from ir.verify import GraphError, verify
 from lowering.classify import classify_matmuls
+from lowering.fuse_attention_combine import fuse_attention_combine
 from lowering.fuse_k_write import fuse_k_write
 from lowering.fuse_prefill_attention import fuse_prefill_attention
 from lowering.fuse_prefill_swiglu import fuse_prefill_swiglu
@@ -42,6 +43,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("pack_qkv", pack_qkv),
     ("fuse_k_write", fuse_k_write),
     ("split_decode_attention", split_decode_attention),
+    ("fuse_attention_combine", fuse_attention_combine),
 ]
 PASS_NAMES = ["trace"] + [name for name, _ in PASSES]
 

@@ -60,7 +60,10 @@ def plan_memory(g: Graph, max_dims: dict[str, int],
         for d in resolve(n.shape, max_dims):
             size *= d
         size = max(size, 16)
-        free = [s for s in range(len(slots)) if slot_free_at[s] < idx]
+        # a tensor another node's kernel writes (``written_by``) is born at that kernel: a slot the
+        # writer still reads (its last use) must not be handed to it
+        born = order.index(n.attrs["written_by"]) if n.attrs.get("written_by") else idx
+        free = [s for s in range(len(slots)) if slot_free_at[s] < born]
         fit = [s for s in free if slots[s] >= size]
         s = min(fit, key=lambda k: slots[k]) if fit else (max(free, key=lambda k: slots[k]) if free else None)
         if s is None:

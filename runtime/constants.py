@@ -1,4 +1,5 @@
-"""Tables a kernel reads that the runtime computes on the host (named ``const:...`` in a plan)."""
+"""Buffers a kernel reads that the runtime makes on the host (named ``const:...`` in a plan): RoPE
+tables, and the zeroed arrival counters of a fused attention combine."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ from ir.rope import Rope, tables
 
 
 def make_constant(name: str) -> np.ndarray:
-    """``const:rope_cos:<rope key>:<head_dim>:<ctx>x<half>`` -> float32 [ctx, half] (and rope_sin)."""
-    _, kind, rope, hd, shape = name.split(":")
-    ctx, half = (int(x) for x in shape.split("x"))
-    cos, sin = tables(np.arange(ctx), int(hd), Rope.from_key(rope))
+    """``const:rope_cos:<rope key>:<head_dim>:<ctx>x<half>`` -> float32 [ctx, half] (and rope_sin);
+    ``const:counters:<n>x1`` -> int32 zeros [n, 1] (arrival counters a kernel leaves at zero,
+    ``lowering.kernels.attention.split_counters``)."""
+    kind, shape = name.split(":")[1], name.rsplit(":", 1)[1]
+    rows, cols = (int(x) for x in shape.split("x"))
+    if kind == "counters":
+        return np.zeros((rows, cols), np.int32)
+    _, kind, rope, hd, _ = name.split(":")
+    cos, sin = tables(np.arange(rows), int(hd), Rope.from_key(rope))
     table = cos if kind == "rope_cos" else sin
-    return np.ascontiguousarray(table[:, :half])
+    return np.ascontiguousarray(table[:, :cols])

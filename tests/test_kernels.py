@@ -133,9 +133,18 @@ def check_every_kernel(module, tol: float, alternates: frozenset[str] = frozense
                 k_err = np.abs(k_got - k_row[1]).max() / np.abs(k_row[1]).max()
                 assert k_err <= tol + 2.0**-10, f"{key}: the stored K row, rel err {k_err:.2e}"
             want = expected
-            if node.op == "attention_partial":  # slots past the step's splits: the empty state, exactly
+            if node.op == "attention_partial":
                 n = attention_split(total, node.attrs["split_unit"], node.attrs["max_splits"])[1]
-                assert np.array_equal(got[:, n:], expected[:, n:]), f"{key}: empty split states"
+                if node.attrs.get("combine"):  # the merged output it writes, and its counters back at zero
+                    comb = g[node.attrs["combine"]]
+                    merged = outs[d.args.index(storage_root(g, comb.name))]
+                    want_merged = reference.evaluate(comb, [expected], dims)
+                    m_err = np.abs(merged - want_merged).max() / np.abs(want_merged).max()
+                    assert np.isfinite(merged).all() and m_err <= tol, f"{key}: fused combine, rel err {m_err:.2e}"
+                    assert not any(outs[i].any() for i, a in enumerate(d.args) if a.startswith("const:counters")), \
+                        f"{key}: the arrival counters are left at zero"
+                else:  # slots past the step's splits: the empty state, exactly
+                    assert np.array_equal(got[:, n:], expected[:, n:]), f"{key}: empty split states"
                 got, want = got[:, :n], expected[:, :n]
             err = np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30)
             # a result stored in f16 (the KV cache) is rounded once more: half an f16 ulp, 2^-11 relative
@@ -270,11 +279,15 @@ def test_split_attention_against_numpy(nh, nkv, hd, kv_dtype, q_norm):
     # every schedule with short chunks; the compiler's default split with the default schedule
     cuts = [((16, 4), tp) for tp in attention.SPLIT_VARIANTS] + [((64, 32), attention.SPLIT_VARIANTS[0])]
     schedules = [(f"split_{s[0]}_{s[1]}_{t}x{p}", lambda t=t, p=p, s=s: attention._attention_func(
-        nh, nkv, hd, ctx, hd ** -0.5, kv_dtype, t, p, qn, s), s) for s, (t, p) in cuts]
+        nh, nkv, hd, ctx, hd ** -0.5, kv_dtype, t, p, qn, s), s, False) for s, (t, p) in cuts]
     schedules.append(("whole", lambda: attention._attention_func(nh, nkv, hd, ctx, hd ** -0.5, kv_dtype,
-                                                                 *attention.WHOLE_VARIANTS[0], qn, None), None))
-    for name, builder, split in schedules:
-        run = launcher(name, builder, nin + 1)
+                                                                 *attention.WHOLE_VARIANTS[0], qn, None), None, False))
+    # the merge fused into the partial kernel (the last workgroup per kv head), short and default splits
+    schedules += [(f"fused_{s[0]}_{s[1]}", lambda s=s: attention._attention_func(
+        nh, nkv, hd, ctx, hd ** -0.5, kv_dtype, *attention.SPLIT_VARIANTS[0], qn, s, combine=True), s, True)
+        for s in ((16, 4), (64, 32))]
+    for name, builder, split, fused in schedules:
+        run = launcher(name, builder, nin + 1 + 2 * fused)
         merge = split and launcher(f"combine_{split[1]}", lambda s=split: attention._combine_func(nh, hd, s[1]), 2)
         for total in (1, 5, 16, 17, 64, 65, 200, 700):
             q = rng.standard_normal((1, nh, hd) if q_norm else (1, nh, 1, hd)).astype(np.float32)
@@ -286,6 +299,11 @@ def test_split_attention_against_numpy(nh, nkv, hd, kv_dtype, q_norm):
             want = reference.evaluate(_attention_node("attention", group, hd, q_norm, None), args, dims)
             if split is None:
                 got = run([*ins, np.full((1, nh, 1, hd), np.nan, np.float32)], 1, total)[-1]
+            elif fused:  # records start as NaN: the slots past the step's splits must be selected away
+                *_, part, counters, got = run([*ins, np.full((nh, split[1], hd + 8), np.nan, np.float32),
+                                               np.zeros(nkv, np.int32), np.full((1, nh, 1, hd), np.nan, np.float32)],
+                                              1, total)
+                assert not counters.view(np.int32).any(), f"{name}: the arrival counters are left at zero"
             else:
                 n = attention_split(total, *split)[1]
                 part = run([*ins, np.full((nh, split[1], hd + 8), np.nan, np.float32)], 1, total)[-1]

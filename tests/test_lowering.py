@@ -12,12 +12,14 @@ from common.errors import UserError
 from frontend.config import parse_config
 from frontend.make_model import make_config
 from frontend.qwen3 import trace
+from frontend.weights import expected_params
 from ir.graph import Node
 from lowering.classify import classify_matmuls
 from lowering.dump import dump
 from lowering.module import compile_model
 from lowering.options import LowerOptions
 from lowering.pipeline import lower
+from lowering.plan import plan_memory
 
 
 def _counts(g):
@@ -78,6 +80,12 @@ def test_split_and_fusion(cfg06):
     assert g["layers.0.pv"].shape == (16, LowerOptions.attention_splits, 128 + 8)
     assert g["layers.0.pv.combine"].shape == (1, 16, 1, 128)
     assert g["layers.0.reshape_4"].inputs == ["layers.0.pv.combine"]
+    # ... in its last workgroup per kv head: the combine node stays, written by the partial's kernel
+    assert g["layers.0.pv.combine"].attrs["written_by"] == "layers.0.pv"
+    assert g["layers.0.pv"].attrs["combine"] == "layers.0.pv.combine"
+    tensors, _, _ = plan_memory(g, {"seq": 1, "total": 256, "ctx": 256}, expected_params(cfg06))
+    # born at the kernel that writes it: no slot that kernel reads or writes besides
+    assert tensors["layers.0.pv.combine"].slot not in {tensors[n].slot for n in ("layers.0.qkv_proj", "layers.0.pv")}
     # the KV cache is stored in f16 by default: the cache, its writes and views carry the dtype
     assert {g[n].dtype for n in ("cache_k.0", "layers.0.k_cache_write", "layers.0.k_all")} == {"float16"}
 

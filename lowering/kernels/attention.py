@@ -19,8 +19,14 @@ are loaded with q (at the short splits of flash-decoding a workgroup's time is i
 dependent memory round trips, not bandwidth). Loading the K row and the V rows into registers
 ahead of their use was tried: twice as fast for 3 splits, 3.5x slower for 64 (register
 pressure), and slower in the decode step (RESULTS.md). The workgroup writes its
-split's partial ``(unnormalized output, max, sum)``; ``attention_combine`` (a second, tiny kernel:
-one workgroup per query head) merges the partials with the usual rescaling. The unsplit form (one
+split's partial ``(unnormalized output, max, sum)``; the partials are merged with the usual
+rescaling either by ``attention_combine`` (a second, tiny kernel: one workgroup per query head) or,
+fused (``lowering.fuse_attention_combine``), by the last workgroup of each kv head to finish: each
+workgroup fences its records (``storageBarrier()``: naga emits a device-scope acquire-release
+barrier on storage memory) and takes a ticket from an atomic counter per kv head; the one holding
+the last ticket merges its group's heads and resets the counter. A dispatch fewer per layer: at
+short context the combine's launch and round trips cost as much as the attention itself (H200,
+4B: partial 22 us, combine 7 us alone; 35 + 22 us inside the decode step). The unsplit form (one
 split covering the whole cache, ``attention``) normalizes in place and needs no combine.
 
 K/V are read in the cache's dtype (f16 or f32) and accumulated in f32. With one query at position
@@ -53,6 +59,13 @@ def _flushed_exp(x):
     are ~100x slower on CPUs (lavapipe took 400 ms per attention call on a tiny model)."""
     # WGSL's select evaluates both sides: clamp so exp itself never produces a denormal
     return T.if_then_else(x < T.float32(-32), T.float32(0), T.exp(T.max(x, T.float32(-32))))
+
+
+def _live_slot(value, live, empty: float):
+    """A split record's vec4 ``value``, or ``empty`` broadcast for a slot past the step's splits:
+    WGSL's ``select`` (TVM turns its own Select around a load into a branch, which here would be
+    on a uniform value alone: the lavapipe recompilation trap, DESIGN.md)."""
+    return T.call_pure_extern("float32x4", "select", T.Broadcast(T.float32(empty), 4), value, live)
 
 
 def supports(head_dim: int, group: int = 1, k_write: bool = False) -> bool:
@@ -101,7 +114,7 @@ def _reduced(src, dst, threads: int):
 
 def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype: str, threads: int,
                     per_thread: int, q_norm: tuple[float, str] | None, split: tuple[int, int] | None,
-                    k_norm: tuple[float, str] | None = None):
+                    k_norm: tuple[float, str] | None = None, combine: bool = False):
     """``q_norm=(eps, weight dtype)``: q arrives raw from its projection; the prologue applies
     Qwen3's per-head q RMSNorm and RoPE at position total - 1 (tables as vec4: rotate-half pairs
     element d with d + hd/2, i.e. vec4 lane i with i + hd/8), and folds in the softmax scale.
@@ -113,8 +126,12 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
     beside q's (one more row in the same reductions), the workgroup of the last split stores it
     into the cache at ``total - 1`` (the write the separate ``kv_cache_write`` dispatch did) and
     scores that position with the rounded row it holds in shared memory instead of reading it back
-    (no other workgroup covers ``total - 1``)."""
+    (no other workgroup covers ``total - 1``).
+    ``combine`` (with ``split``): the merge ``attention_combine`` describes is done here, by the
+    last workgroup of each kv head to finish (``CNT``: one arrival counter per kv head, zero
+    before and after the dispatch), into ``OUT`` [1, heads, 1, hd] (module docstring)."""
     group = nh // nkv
+    assert split is not None or not combine, "only split partials have a combine to fuse"
     k_write = k_norm is not None
     assert q_norm is not None or not k_write, "the K write rides on the q prologue"
     rows = group + k_write  # q heads, then the new K row
@@ -132,13 +149,15 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
     rec = hd4 + SPLIT_STATS // 4  # vec4s of one split's record
     out_shape = (1, nh, 1, hd4) if final else (nh, smax, rec)
     clear_steps = (smax * rec + threads - 1) // threads
+    pairs = group * hd4  # fused combine: (head of the group, vec4 lane) pairs, one per thread per step
     neg = EMPTY_MAX  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
 
     @T.prim_func(private=True)
     def attention(Q: T.Buffer((1, nh + nkv * k_write, 1, hd4), "float32x4"), K: T.Buffer((nkv, ctx, hd4), kvec),
                   V: T.Buffer((nkv, ctx, hd4), kvec), G: T.Buffer((hd4,), dtype=f"{gdtype}x4"),
                   COS: T.Buffer((ctx, max(h4, 1)), "float32x4"), SIN: T.Buffer((ctx, max(h4, 1)), "float32x4"),
-                  KG: T.Buffer((hd4,), dtype=f"{kgdtype}x4"), O: T.Buffer(out_shape, "float32x4"), total: T.int32):
+                  KG: T.Buffer((hd4,), dtype=f"{kgdtype}x4"), O: T.Buffer(out_shape, "float32x4"),
+                  CNT: T.Buffer((nkv,), "int32"), OUT: T.Buffer((1, nh, 1, hd4), "float32x4"), total: T.int32):
         # splits of `chunk` positions (a multiple of `unit`), at most `smax` of them: ir.ops.attention_split
         chunk = T.meta_var((total + span - 1) // span * unit)
         for s in T.thread_binding((total + chunk - 1) // chunk, thread="blockIdx.x"):
@@ -160,6 +179,9 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                     kv4 = T.alloc_buffer((1,), "float32x4", scope="local")
                     gq = T.alloc_buffer((2,), "float32x4", scope="local")  # q [, k] norm weight lane
                     rope = T.alloc_buffer((2,), "float32x4", scope="local")  # cos, sin lane at total - 1
+                    ticket_sh = T.alloc_buffer((1,), "int32", scope="shared")  # fused combine: arrival order
+                    ticket = T.alloc_buffer((1,), "int32", scope="local")
+                    mrg = T.alloc_buffer((3,), "float32x4", scope="local")  # fused combine: max, output, sum
                     start = T.meta_var(s * chunk)
                     end = T.meta_var(T.min(start + chunk, total))
                     # q of every head of the group -> shared (normalized, rotated, scaled); the norm
@@ -272,7 +294,38 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                                     O[kh * group + g, s, hd4] = T.Broadcast(m[g], 4)
                                     O[kh * group + g, s, hd4 + 1] = T.Broadcast(lsum[g], 4)
                         T.tvm_storage_sync("shared")
-                    if not final:  # the last split's workgroup writes the empty state into the slots past it
+                    if combine:
+                        # the records above, then this kv head's arrival: storageBarrier() is a
+                        # device-scope acquire-release fence on storage memory (naga), so the last to
+                        # arrive sees every record; it merges them and resets the counter
+                        T.evaluate(T.call_extern("int32", "storageBarrier"))
+                        if tx == 0:
+                            ticket_sh[0] = T.call_extern("int32", "atomicAdd", T.address_of(CNT[kh]), 1)
+                        T.evaluate(T.call_extern("int32", "storageBarrier"))
+                        T.tvm_storage_sync("shared")
+                        ticket[0] = ticket_sh[0]
+                        if ticket[0] == (total + chunk - 1) // chunk - 1:
+                            if tx == 0:
+                                T.evaluate(T.call_extern("int32", "atomicStore", T.address_of(CNT[kh]), 0))
+                            # as attention_combine: all smax slots unrolled (their loads in flight at
+                            # once), the ones past the step's splits selected away (a select, not a
+                            # branch: the bound is uniform; no slot is cleared)
+                            for pj in T.unroll((pairs + threads - 1) // threads):
+                                if pairs % threads == 0 or pj * threads + tx < pairs:
+                                    hq = T.meta_var(kh * group + (pj * threads + tx) // hd4)
+                                    lane = T.meta_var((pj * threads + tx) % hd4)
+                                    mrg[0] = T.Broadcast(T.float32(neg), 4)
+                                    for s2 in T.unroll(smax):
+                                        mrg[0] = T.max(mrg[0], _live_slot(O[hq, s2, hd4], s2 * chunk < total, neg))
+                                    mrg[1] = T.Broadcast(T.float32(0), 4)
+                                    mrg[2] = T.Broadcast(T.float32(0), 4)
+                                    for s2 in T.unroll(smax):
+                                        kv4[0] = T.exp(_live_slot(O[hq, s2, hd4], s2 * chunk < total, neg) - mrg[0])
+                                        mrg[1] = mrg[1] + _live_slot(O[hq, s2, lane], s2 * chunk < total, 0.0) * kv4[0]
+                                        mrg[2] = mrg[2] + _live_slot(O[hq, s2, hd4 + 1], s2 * chunk < total,
+                                                                     0.0) * kv4[0]
+                                    OUT[0, hq, 0, lane] = mrg[1] / mrg[2]
+                    elif not final:  # the last split's workgroup writes the empty state into the slots past it
                         if start + chunk >= total:
                             for g in T.unroll(group):
                                 for j in range(clear_steps):
@@ -282,8 +335,10 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                                         O[kh * group + g, slot, lane] = T.if_then_else(
                                             lane == hd4, T.Broadcast(T.float32(neg), 4), T.Broadcast(T.float32(0), 4))
 
-    # params a form never reads are dropped (each param is a binding): the q prologue's, the K write's
-    unused = ({"KG"} if not k_write else set()) | ({"G", "COS", "SIN"} if not prologue else set())
+    # params a form never reads are dropped (each param is a binding): the q prologue's, the K write's,
+    # the fused combine's
+    unused = (({"KG"} if not k_write else set()) | ({"G", "COS", "SIN"} if not prologue else set())
+              | ({"CNT", "OUT"} if not combine else set()))
     return tirx.PrimFunc([p for p in attention.params if p.name not in unused], attention.body,
                          attention.ret_type, attention.attrs)
 
@@ -354,14 +409,29 @@ def _attention_spec(node: Node, g: Graph, opts: LowerOptions, split: tuple[int, 
         k_norm = (float(node.attrs["k_write"]["norm_eps"]), kg.dtype)
         extra.append(kg.name)
         what += "+k_write"
+    combine = node.attrs.get("combine")  # the attention_combine node this kernel writes (fused merge)
+    if combine:
+        what += "+combine"
     variants = _schedules(SPLIT_VARIANTS if split else WHOLE_VARIANTS, hd, group, lambda t, p: lambda: _attention_func(
-        nh, nkv, hd, ctx, scale, kc.dtype, t, p, q_norm, split, k_norm), what, k_norm is not None)
+        nh, nkv, hd, ctx, scale, kc.dtype, t, p, q_norm, split, k_norm, bool(combine)), what, k_norm is not None)
     kv_bytes = f"2*{DTYPE_BYTES[kc.dtype]}*{nkv}*total*{hd}"
     args = [q.name, kc.name, vc.name, *extra, node.name]
     outputs = [len(args) - 1] + [1] * (k_norm is not None)  # the K cache is updated in place
-    return KernelSpec(f"{node.op}:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{rope}:{split}:{k_norm}",
-                      "attention", variants[0][1], args, outputs, flops=f"4*{nh}*total*{hd}",
-                      bytes=f"{bytes_expr([q, node], ctx)} + {kv_bytes}", variants=variants)
+    out_bytes = ""
+    if combine:
+        args += [split_counters(nkv), combine]
+        outputs += [len(args) - 2, len(args) - 1]
+        out_bytes = f" + {bytes_expr([g[combine]], ctx)}"
+    return KernelSpec(f"{node.op}:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{rope}:{split}:{k_norm}:"
+                      f"{bool(combine)}", "attention", variants[0][1], args, outputs, flops=f"4*{nh}*total*{hd}",
+                      bytes=f"{bytes_expr([q, node], ctx)} + {kv_bytes}{out_bytes}", variants=variants)
+
+
+def split_counters(kv_heads: int) -> str:
+    """The runtime constant a fused-combine attention kernel counts its workgroups' arrivals in:
+    one int32 per kv head, zero between dispatches (each layer's kernel leaves it as it found it,
+    so every layer shares it)."""
+    return f"const:counters:{kv_heads}x1"
 
 
 @generator("attention")

@@ -101,9 +101,10 @@ def _prefill_attention(ins, attrs):
 
 
 # attention_partial's per-split record: the unnormalized output [hd], then the split's score max
-# and exp-sum, each repeated over 4 values (so the kernels read and write them as vec4s). A split
-# past the step's count is empty: output 0, max EMPTY_MAX, sum 0 (its merge weight is 0, and
-# unlike -inf, EMPTY_MAX - EMPTY_MAX is no NaN).
+# and exp-sum, each repeated over 4 values (so the kernels read and write them as vec4s). Slots
+# past the step's split count are neither written nor read (the reference fills them with the
+# empty state: output 0, max EMPTY_MAX, sum 0); EMPTY_MAX is also a merge's starting max (unlike
+# -inf, EMPTY_MAX - EMPTY_MAX is no NaN).
 SPLIT_STATS = 8
 EMPTY_MAX = -3.0e38
 
@@ -120,7 +121,7 @@ def attention_split(total: int, unit: int, max_splits: int) -> tuple[int, int]:
 
 def _attention_partial(ins, attrs):
     """attention's operands; per query head and split slot the partial softmax state
-    [heads, max_splits, hd + SPLIT_STATS] (slots past the step's splits: the empty state)."""
+    [heads, max_splits, hd + SPLIT_STATS] (slots past the step's splits: not part of the result)."""
     (_, heads, m, d), _ = _attention(ins, attrs)
     _need(m == 1, f"attention_partial takes one query row, got {m}")
     _need(attrs["split_unit"] > 0 and attrs["max_splits"] > 0, "attention_partial: split_unit and max_splits > 0")
@@ -128,8 +129,11 @@ def _attention_partial(ins, attrs):
 
 
 def _attention_combine(ins, attrs):
-    """attention_partial's states [heads, splits, hd + SPLIT_STATS] merged: [1, heads, 1, hd]."""
+    """attention_partial's states [heads, splits, hd + SPLIT_STATS] merged: [1, heads, 1, hd]
+    (attrs ``split_unit``, ``max_splits``: the partial's, which say how many slots the step fills)."""
     (p, _), = ins
+    _need(attrs.get("split_unit", 0) > 0 and attrs.get("max_splits", 0) > 0,
+          "attention_combine: split_unit and max_splits > 0")
     _need(len(p) == 3 and all(isinstance(d, int) for d in p) and p[2] > SPLIT_STATS,
           f"attention_combine needs partial states [heads, splits, hd + {SPLIT_STATS}], got {fmt(p)}")
     return (1, p[0], 1, p[2] - SPLIT_STATS), F32

@@ -112,7 +112,8 @@ def _attention(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
 def _attention_partial(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
     """Per head and split (``ir.ops.attention_split``): ``o = sum_t exp(s_t - m) v_t`` over the
     split's positions, then ``m = max_t s_t`` and ``l = sum_t exp(s_t - m)`` (``SPLIT_STATS``
-    layout); the slots past this step's splits hold the empty state (0, ``EMPTY_MAX``, 0)."""
+    layout); the slots past this step's splits (no kernel writes them) hold the empty state (0,
+    ``EMPTY_MAX``, 0)."""
     q, k, v = _attention_operands(at, st, q, k, v, norm)
     s = (q @ np.swapaxes(k, -1, -2))[0, :, 0, :] * np.float32(at["scale"])  # [heads, total]
     chunk, splits = attention_split(st.total, at["split_unit"], at["max_splits"])
@@ -130,9 +131,11 @@ def _attention_partial(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
 
 
 def _attention_combine(at: Attrs, st: Step, p) -> np.ndarray:
-    """The partials merged: ``sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s``, ``M = max_s m_s``
-    (an empty slot's weight is 0)."""
+    """The step's split states merged: ``sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s``,
+    ``M = max_s m_s`` over the splits ``ir.ops.attention_split`` gives ``total`` (the slots past
+    them are not read)."""
     hd = p.shape[-1] - SPLIT_STATS
+    p = p[:, : attention_split(st.total, at["split_unit"], at["max_splits"])[1]]
     m, l = p[..., hd: hd + 1], p[..., hd + 4: hd + 5]
     w = np.exp(m - m.max(axis=1, keepdims=True))
     out = (p[..., :hd] * w).sum(axis=1) / (l * w).sum(axis=1)

@@ -36,6 +36,7 @@ _POD_RE = re.compile(r"struct PODArgs \{([^}]*)\}")
 _WG_RE = re.compile(r"@workgroup_size\((\d+), (\d+), (\d+)\)")
 _ENTRY_RE = re.compile(r"fn (\w+)\(\s*@builtin")
 _ATOMIC_USE_RE = re.compile(r"\batomic\w+\(\(&\((\w+)\[")
+_C_CAST_RE = re.compile(r"\(\(\w+\*\)(\w+)\)")
 
 
 @dataclass
@@ -150,7 +151,14 @@ def _compile(scheduled: tvm.IRModule, target: tvm.target.Target) -> tuple[str, t
         raise RuntimeError(f"expected one device module, got {len(devices)}")
     (dev_target, device), = devices.items()
     lib = tir_to_runtime(finalize_host()(host), {dev_target: finalize_device()(device)}, target.host)
-    return atomic_bindings(lib.imports[0].inspect_source()), device
+    return atomic_bindings(workgroup_addresses(lib.imports[0].inspect_source())), device
+
+
+def workgroup_addresses(wgsl: str) -> str:
+    """``T.address_of(S[i])`` of a workgroup (shared) array comes out of TVM's codegen as
+    ``&(((i32*)S)[i])``, a C cast that is no WGSL: ``&(S[i])`` (the argument of
+    ``workgroupUniformLoad``)."""
+    return _C_CAST_RE.sub(r"\1", wgsl)
 
 
 def atomic_bindings(wgsl: str) -> str:

@@ -342,7 +342,8 @@ def split_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
             **n.meta, "reason": n.meta.get("reason", "") + (
                 f"; flash-decoding: the cache is cut into up to {opts.attention_splits} splits of >= "
                 f"{opts.attention_split_unit} positions per kv head, one workgroup each, merged by {comb_name}")}))
-        comb = g.insert_after(part, Node(comb_name, "attention_combine", [part.name], n.shape, n.dtype, {}, {
+        comb = g.insert_after(part, Node(comb_name, "attention_combine", [part.name], n.shape, n.dtype, {
+            "split_unit": opts.attention_split_unit, "max_splits": opts.attention_splits}, {
             "reason": f"flash-decoding: merges the {opts.attention_splits} split states of {part.name}"}))
         g.replace_all_uses_with(part, comb)
     return g

@@ -92,9 +92,10 @@ def check_every_kernel(module, tol: float, alternates: frozenset[str] = frozense
             if a not in made:  # a quantized weight is two args (codes, scales) of one buffer
                 made[a] = _random(resolve(tensors[a].shape, dims), tensors[a].dtype, rng, vocab)
             arrays.append(made[a])
-        if node.op == "attention_combine":  # partial states: each stat repeated over 4 values, sums > 0
-            p = arrays[0]
+        if node.op == "attention_combine":  # partial states: each stat repeated over 4 values, sums > 0;
+            p = arrays[0]  # the slots past the step's splits NaN: a merge must not read them
             p[..., -8:-4], p[..., -4:] = p[..., -8:-7], np.abs(p[..., -4:-3]) + 0.5
+            p[:, attention_split(total, node.attrs["split_unit"], node.attrs["max_splits"])[1]:] = np.nan
         out_idx = [b.arg for b in module.manifest.kernels[d.kernel].bindings if b.write]
         # the node's own result (a kernel may also update a cache in place as a side effect)
         o = next(i for i in out_idx if d.args[i] == storage_root(g, node.name))
@@ -143,9 +144,7 @@ def check_every_kernel(module, tol: float, alternates: frozenset[str] = frozense
                     assert np.isfinite(merged).all() and m_err <= tol, f"{key}: fused combine, rel err {m_err:.2e}"
                     assert not any(outs[i].any() for i, a in enumerate(d.args) if a.startswith("const:counters")), \
                         f"{key}: the arrival counters are left at zero"
-                else:  # slots past the step's splits: the empty state, exactly
-                    assert np.array_equal(got[:, n:], expected[:, n:]), f"{key}: empty split states"
-                got, want = got[:, :n], expected[:, :n]
+                got, want = got[:, :n], expected[:, :n]  # the slots past the step's splits are not written
             err = np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30)
             # a result stored in f16 (the KV cache) is rounded once more: half an f16 ulp, 2^-11 relative
             bound = tol + (2.0**-11 if got.dtype == np.float16 else 0)
@@ -272,6 +271,7 @@ def test_split_attention_against_numpy(nh, nkv, hd, kv_dtype, q_norm):
         spec = KernelSpec(name, "attention", builder, [f"x{i}" for i in range(nargs)], [nargs - 1],
                           variants=[(name, builder)])
         kern, _ = build_kernel(spec, name, use_cache=False)
+        assert not _uniform_only_conditions(kern.wgsl)[0], f"{name}: a loop bound or branch on uniforms alone"
         return KernelLauncher(dev.device, name, kernel_info(kern), kern.wgsl)
 
     nin = 3 + 3 * q_norm
@@ -288,7 +288,8 @@ def test_split_attention_against_numpy(nh, nkv, hd, kv_dtype, q_norm):
         for s in ((16, 4), (64, 32))]
     for name, builder, split, fused in schedules:
         run = launcher(name, builder, nin + 1 + 2 * fused)
-        merge = split and launcher(f"combine_{split[1]}", lambda s=split: attention._combine_func(nh, hd, s[1]), 2)
+        merge = split and launcher(f"combine_{split[0]}_{split[1]}",
+                                   lambda s=split: attention._combine_func(nh, hd, *s), 2)
         for total in (1, 5, 16, 17, 64, 65, 200, 700):
             q = rng.standard_normal((1, nh, hd) if q_norm else (1, nh, 1, hd)).astype(np.float32)
             k, v = (rng.standard_normal((nkv, ctx, hd)).astype(kv_dtype) for _ in range(2))
@@ -299,17 +300,16 @@ def test_split_attention_against_numpy(nh, nkv, hd, kv_dtype, q_norm):
             want = reference.evaluate(_attention_node("attention", group, hd, q_norm, None), args, dims)
             if split is None:
                 got = run([*ins, np.full((1, nh, 1, hd), np.nan, np.float32)], 1, total)[-1]
-            elif fused:  # records start as NaN: the slots past the step's splits must be selected away
+            elif fused:  # records start as NaN: the merge must not read the slots past the step's splits
                 *_, part, counters, got = run([*ins, np.full((nh, split[1], hd + 8), np.nan, np.float32),
                                                np.zeros(nkv, np.int32), np.full((1, nh, 1, hd), np.nan, np.float32)],
                                               1, total)
                 assert not counters.view(np.int32).any(), f"{name}: the arrival counters are left at zero"
             else:
                 n = attention_split(total, *split)[1]
-                part = run([*ins, np.full((nh, split[1], hd + 8), np.nan, np.float32)], 1, total)[-1]
+                part = run([*ins, np.full((nh, split[1], hd + 8), np.nan, np.float32)], 1, total)[-1]  # NaN: unread
                 want_part = reference.evaluate(_attention_node("attention_partial", group, hd, q_norm, split), args,
                                                dims)
-                assert np.array_equal(part[:, n:], want_part[:, n:]), f"{name}: empty split states"
                 err = np.abs(part[:, :n] - want_part[:, :n]).max() / np.abs(want_part[:, :n]).max()
                 assert err < 1e-5, f"{name} partials nh={nh} nkv={nkv} total={total}: rel err {err:.1e}"
                 got = merge([part, np.full((1, nh, 1, hd), np.nan, np.float32)], 1, total)[-1]

@@ -4,10 +4,11 @@ Explicitly scheduled TIR (no dlight rule covers a reduction, a softmax and a sec
 one kernel). Flash-decoding: the cache positions ``0..total`` are cut into splits of ``chunk``
 positions (``ir.ops.attention_split``: the split count grows with ``total`` up to
 ``max_splits``), one workgroup per (split, kv head), so a long context fills the GPU instead of
-running one workgroup per head. The last split's workgroup also writes the empty state into the
-record slots past it, so the combine merges all ``max_splits`` slots without knowing the count. A
-workgroup serves every query head of its GQA group (head ``kv * group + g``), so each K/V row is
-read once for the whole group, not ``group`` times.
+running one workgroup per head. The merge reads only the step's splits (``_merge_splits``: in
+groups of ``MERGE_UNROLL`` records whose loads are in flight together, an online rescaling between
+groups); the record slots past them are neither written nor read. A workgroup serves every query
+head of its GQA group (head ``kv * group + g``), so each K/V row is read once for the whole group,
+not ``group`` times.
 
 Inside a workgroup the split is walked in tiles of ``threads * per_thread`` positions with an
 online softmax: each thread scores ``per_thread`` positions (a vec4 dot product over the head dim
@@ -61,11 +62,49 @@ def _flushed_exp(x):
     return T.if_then_else(x < T.float32(-32), T.float32(0), T.exp(T.max(x, T.float32(-32))))
 
 
-def _live_slot(value, live, empty: float):
-    """A split record's vec4 ``value``, or ``empty`` broadcast for a slot past the step's splits:
-    WGSL's ``select`` (TVM turns its own Select around a load into a branch, which here would be
-    on a uniform value alone: the lavapipe recompilation trap, DESIGN.md)."""
-    return T.call_pure_extern("float32x4", "select", T.Broadcast(T.float32(empty), 4), value, live)
+MERGE_UNROLL = 8  # split records whose loads a merge issues together
+
+
+@T.macro
+def _merge_splits(P, OUT, h, lane, n, groups, hd4: int, mv, mrg):
+    """Merge head ``h``'s first ``n`` split records of ``P`` [heads, slots, hd4 + 2] (vec4s) into
+    vec4 lane ``lane`` of ``OUT`` [1, heads, 1, hd4]: ``M = max m_s``, ``w_s = exp(m_s - M)``,
+    ``out = sum w_s o_s / sum w_s l_s``. Records go in groups of ``MERGE_UNROLL`` (unrolled: their
+    loads in flight at once; a loop of one record at a time waited for each, ~20 us per layer on an
+    H200), with the running max and sums rescaled between groups, so only the step's splits are
+    read (3 at context 135 with the default unit, not every slot). ``groups``: the group count,
+    ``ceil(n / MERGE_UNROLL)`` from a value that is no function of the uniforms alone (a loop bound
+    computed from ``total`` alone is the lavapipe recompilation trap, DESIGN.md, and TVM's codegen
+    folds away ``opaque_loop_extents``' guard on this one), or a constant covering every slot. A
+    group's slots past ``n`` read slot ``n - 1`` again (cached) and get the empty max through
+    WGSL's ``select`` (weight 0; TVM turns its own Select around a load into a branch, here on
+    uniform values alone). ``mv`` [MERGE_UNROLL], ``mrg`` [5] (running max, output, sum, new max,
+    scale): local float32x4 buffers."""
+    mrg[0] = T.Broadcast(T.float32(EMPTY_MAX), 4)
+    mrg[1] = T.Broadcast(T.float32(0), 4)
+    mrg[2] = T.Broadcast(T.float32(0), 4)
+    for c in range(groups):
+        for u in T.unroll(MERGE_UNROLL):
+            mv[u] = T.call_pure_extern("float32x4", "select", T.Broadcast(T.float32(EMPTY_MAX), 4),
+                                       P[h, T.min(c * MERGE_UNROLL + u, n - 1), hd4], c * MERGE_UNROLL + u < n)
+        mrg[3] = mrg[0]
+        for u in T.unroll(MERGE_UNROLL):
+            mrg[3] = T.max(mrg[3], mv[u])
+        mrg[4] = T.exp(mrg[0] - mrg[3])
+        mrg[1] = mrg[1] * mrg[4]
+        mrg[2] = mrg[2] * mrg[4]
+        for u in T.unroll(MERGE_UNROLL):
+            mrg[4] = T.exp(mv[u] - mrg[3])
+            mrg[1] = mrg[1] + P[h, T.min(c * MERGE_UNROLL + u, n - 1), lane] * mrg[4]
+            mrg[2] = mrg[2] + P[h, T.min(c * MERGE_UNROLL + u, n - 1), hd4 + 1] * mrg[4]
+        mrg[0] = mrg[3]
+    OUT[0, h, 0, lane] = mrg[1] / mrg[2]
+
+
+def _split_count(total, unit: int, smax: int):
+    """``ir.ops.attention_split`` in TIR: (chunk, splits) at run-time ``total``."""
+    chunk = (total + unit * smax - 1) // (unit * smax) * unit
+    return chunk, (total + chunk - 1) // chunk
 
 
 def supports(head_dim: int, group: int = 1, k_write: bool = False) -> bool:
@@ -144,11 +183,9 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
     groups = threads // hd4  # PV: thread = (position group, vec4 lane of the head dim)
     final = split is None
     unit, smax = split or (ctx, 1)
-    span = unit * smax
     kvec = f"{kv_dtype}x4"
     rec = hd4 + SPLIT_STATS // 4  # vec4s of one split's record
     out_shape = (1, nh, 1, hd4) if final else (nh, smax, rec)
-    clear_steps = (smax * rec + threads - 1) // threads
     pairs = group * hd4  # fused combine: (head of the group, vec4 lane) pairs, one per thread per step
     neg = EMPTY_MAX  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
 
@@ -159,8 +196,8 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                   KG: T.Buffer((hd4,), dtype=f"{kgdtype}x4"), O: T.Buffer(out_shape, "float32x4"),
                   CNT: T.Buffer((nkv,), "int32"), OUT: T.Buffer((1, nh, 1, hd4), "float32x4"), total: T.int32):
         # splits of `chunk` positions (a multiple of `unit`), at most `smax` of them: ir.ops.attention_split
-        chunk = T.meta_var((total + span - 1) // span * unit)
-        for s in T.thread_binding((total + chunk - 1) // chunk, thread="blockIdx.x"):
+        chunk, nsplit = T.meta_var(_split_count(total, unit, smax))
+        for s in T.thread_binding(nsplit, thread="blockIdx.x"):
             for kh in T.thread_binding(nkv, thread="blockIdx.y"):
                 for tx in T.thread_binding(threads, thread="threadIdx.x"):
                     q_sh = T.alloc_buffer((rows, hd4), "float32x4", scope="shared")  # q heads [, new K row]
@@ -181,7 +218,8 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                     rope = T.alloc_buffer((2,), "float32x4", scope="local")  # cos, sin lane at total - 1
                     ticket_sh = T.alloc_buffer((1,), "int32", scope="shared")  # fused combine: arrival order
                     ticket = T.alloc_buffer((1,), "int32", scope="local")
-                    mrg = T.alloc_buffer((3,), "float32x4", scope="local")  # fused combine: max, output, sum
+                    mv = T.alloc_buffer((MERGE_UNROLL,), "float32x4", scope="local")  # fused combine
+                    mrg = T.alloc_buffer((5,), "float32x4", scope="local")
                     start = T.meta_var(s * chunk)
                     end = T.meta_var(T.min(start + chunk, total))
                     # q of every head of the group -> shared (normalized, rotated, scaled); the norm
@@ -296,44 +334,24 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                         T.tvm_storage_sync("shared")
                     if combine:
                         # the records above, then this kv head's arrival: storageBarrier() is a
-                        # device-scope acquire-release fence on storage memory (naga), so the last to
-                        # arrive sees every record; it merges them and resets the counter
+                        # device-scope acquire-release barrier on storage memory (naga), so the last to
+                        # arrive (its ticket read uniformly: the second barrier stays in uniform
+                        # control flow) sees every record; it merges them and resets the counter
                         T.evaluate(T.call_extern("int32", "storageBarrier"))
                         if tx == 0:
                             ticket_sh[0] = T.call_extern("int32", "atomicAdd", T.address_of(CNT[kh]), 1)
-                        T.evaluate(T.call_extern("int32", "storageBarrier"))
-                        T.tvm_storage_sync("shared")
-                        ticket[0] = ticket_sh[0]
-                        if ticket[0] == (total + chunk - 1) // chunk - 1:
+                        ticket[0] = T.call_extern("int32", "workgroupUniformLoad", T.address_of(ticket_sh[0]))
+                        if ticket[0] == nsplit - 1:
+                            T.evaluate(T.call_extern("int32", "storageBarrier"))
                             if tx == 0:
                                 T.evaluate(T.call_extern("int32", "atomicStore", T.address_of(CNT[kh]), 0))
-                            # as attention_combine: all smax slots unrolled (their loads in flight at
-                            # once), the ones past the step's splits selected away (a select, not a
-                            # branch: the bound is uniform; no slot is cleared)
-                            for pj in T.unroll((pairs + threads - 1) // threads):
+                            for pj in T.unroll((pairs + threads - 1) // threads):  # (head, lane) pairs
                                 if pairs % threads == 0 or pj * threads + tx < pairs:
-                                    hq = T.meta_var(kh * group + (pj * threads + tx) // hd4)
-                                    lane = T.meta_var((pj * threads + tx) % hd4)
-                                    mrg[0] = T.Broadcast(T.float32(neg), 4)
-                                    for s2 in T.unroll(smax):
-                                        mrg[0] = T.max(mrg[0], _live_slot(O[hq, s2, hd4], s2 * chunk < total, neg))
-                                    mrg[1] = T.Broadcast(T.float32(0), 4)
-                                    mrg[2] = T.Broadcast(T.float32(0), 4)
-                                    for s2 in T.unroll(smax):
-                                        kv4[0] = T.exp(_live_slot(O[hq, s2, hd4], s2 * chunk < total, neg) - mrg[0])
-                                        mrg[1] = mrg[1] + _live_slot(O[hq, s2, lane], s2 * chunk < total, 0.0) * kv4[0]
-                                        mrg[2] = mrg[2] + _live_slot(O[hq, s2, hd4 + 1], s2 * chunk < total,
-                                                                     0.0) * kv4[0]
-                                    OUT[0, hq, 0, lane] = mrg[1] / mrg[2]
-                    elif not final:  # the last split's workgroup writes the empty state into the slots past it
-                        if start + chunk >= total:
-                            for g in T.unroll(group):
-                                for j in range(clear_steps):
-                                    slot = T.meta_var((j * threads + tx) // rec)
-                                    lane = T.meta_var((j * threads + tx) % rec)
-                                    if j * threads + tx < smax * rec and slot > s:
-                                        O[kh * group + g, slot, lane] = T.if_then_else(
-                                            lane == hd4, T.Broadcast(T.float32(neg), 4), T.Broadcast(T.float32(0), 4))
+                                    # groups from the last ticket (= the split count - 1): no function of
+                                    # the uniforms alone
+                                    _merge_splits(O, OUT, kh * group + (pj * threads + tx) // hd4,
+                                                  (pj * threads + tx) % hd4, nsplit,
+                                                  (ticket[0] + MERGE_UNROLL) // MERGE_UNROLL, hd4, mv, mrg)
 
     # params a form never reads are dropped (each param is a binding): the q prologue's, the K write's,
     # the fused combine's
@@ -343,36 +361,23 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                          attention.ret_type, attention.attrs)
 
 
-def _combine_func(nh: int, hd: int, smax: int):
-    """Merge the splits' partials of each head: ``M = max m_s``, ``w_s = exp(m_s - M)``,
-    ``out = sum w_s o_s / sum w_s l_s``. One workgroup per query head, one thread per vec4 lane;
-    the stats are stored broadcast over a vec4, so the whole merge is vec4 arithmetic. It merges
-    all ``smax`` slots, the empty ones included (their weight ``exp(EMPTY_MAX - M)`` is 0), so no
-    loop bound or branch depends on the step's split count: computed from ``total`` alone (a
-    division by the run-time chunk), lavapipe would inline it and recompile the shader per step
-    (DESIGN.md), and a constant-count loop guarded by it becomes such a branch once unrolled."""
+def _combine_func(nh: int, hd: int, unit: int, smax: int):
+    """Merge the splits' partials of each head (``_merge_splits``): one workgroup per query head,
+    one thread per vec4 lane; the stats are stored broadcast over a vec4, so the whole merge is
+    vec4 arithmetic."""
     hd4 = hd // 4
 
     @T.prim_func(private=True)
     def combine(P: T.Buffer((nh, smax, hd4 + SPLIT_STATS // 4), "float32x4"),
-                O: T.Buffer((1, nh, 1, hd4), "float32x4")):
+                O: T.Buffer((1, nh, 1, hd4), "float32x4"), total: T.int32):
         for h in T.thread_binding(nh, thread="blockIdx.x"):
             for tx in T.thread_binding(hd4, thread="threadIdx.x"):
-                mx = T.alloc_buffer((1,), "float32x4", scope="local")
-                w = T.alloc_buffer((1,), "float32x4", scope="local")
-                acc = T.alloc_buffer((2,), "float32x4", scope="local")  # output, sum
-                # unrolled: the slots' loads are independent, so all of them are in flight at once
-                # (as a loop, each waited for the previous: ~20 us per layer on an H200)
-                mx[0] = P[h, 0, hd4]
-                for s in T.unroll(1, smax):
-                    mx[0] = T.max(mx[0], P[h, s, hd4])
-                acc[0] = T.Broadcast(T.float32(0), 4)
-                acc[1] = T.Broadcast(T.float32(0), 4)
-                for s in T.unroll(smax):
-                    w[0] = T.exp(P[h, s, hd4] - mx[0])
-                    acc[0] = acc[0] + P[h, s, tx] * w[0]
-                    acc[1] = acc[1] + P[h, s, hd4 + 1] * w[0]
-                O[0, h, 0, tx] = acc[0] / acc[1]
+                mv = T.alloc_buffer((MERGE_UNROLL,), "float32x4", scope="local")
+                mrg = T.alloc_buffer((5,), "float32x4", scope="local")
+                # every slot's group (a constant count: no loop bound from the uniforms alone),
+                # the ones past the step's splits re-reading its last record, weighted 0
+                _merge_splits(P, O, h, tx, _split_count(total, unit, smax)[1],
+                              (smax + MERGE_UNROLL - 1) // MERGE_UNROLL, hd4, mv, mrg)
 
     return combine
 
@@ -451,7 +456,11 @@ def attention_partial(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
 def attention_combine(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     p = g[node.inputs[0]]
     nh, smax, width = p.shape
-    build = lambda: _combine_func(nh, width - SPLIT_STATS, smax)  # noqa: E731
-    return KernelSpec(f"attention_combine:{shape_key(p)}", "attention", build, [p.name, node.name], [1],
-                      flops=f"6*{nh}*{width}*{smax}", bytes=bytes_expr([p, node], 0),
+    unit = int(node.attrs["split_unit"])
+    build = lambda: _combine_func(nh, width - SPLIT_STATS, unit, smax)  # noqa: E731
+    # what a merge reads: the step's splits' records (at most smax), not every slot
+    splits = f"((total + {unit * smax - 1}) // {unit * smax} * {unit})"
+    live = f"((total + {splits} - 1) // {splits})"
+    return KernelSpec(f"attention_combine:{shape_key(p)}:{unit}", "attention", build, [p.name, node.name], [1],
+                      flops=f"6*{nh}*{width}*{live}", bytes=f"4*{nh}*{width}*{live} + {bytes_expr([node], 0)}",
                       variants=[("attention-combine", build)])

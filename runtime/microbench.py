@@ -85,18 +85,23 @@ class KernelTimer:
         self.read = d.create_buffer(size=16, usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
 
     def seconds(self, reps: int = 50, trials: int = 5) -> float:
-        """Median over ``trials`` of the mean GPU time of one launch in a pass of ``reps`` launches."""
+        """Median over ``trials`` of the mean GPU time of one launch in a pass of ``reps`` launches.
+        Each timed pass follows an untimed one of the same launches in the same submission, so the
+        GPU is busy when the timed pass begins: between submissions the host waits for the result
+        and the GPU idles, and on the H200 a short kernel then timed 2-5x slow in whole runs of
+        the tuner (the same schedule 18.5 us in one call, 68 us in another)."""
         wgpu, d = self.wgpu, self.dev.device
         out = []
         for _ in range(trials + 1):
             enc = d.create_command_encoder()
-            cp = enc.begin_compute_pass(timestamp_writes={"query_set": self.qs, "beginning_of_pass_write_index": 0,
-                                                          "end_of_pass_write_index": 1})
-            cp.set_pipeline(self.program.pipeline)
-            for r in range(reps):
-                cp.set_bind_group(0, self.groups[r % len(self.groups)])
-                cp.dispatch_workgroups(*self.grid)
-            cp.end()
+            for timed in (False, True):
+                stamps = {"query_set": self.qs, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1}
+                cp = enc.begin_compute_pass(timestamp_writes=stamps if timed else None)
+                cp.set_pipeline(self.program.pipeline)
+                for r in range(reps):
+                    cp.set_bind_group(0, self.groups[r % len(self.groups)])
+                    cp.dispatch_workgroups(*self.grid)
+                cp.end()
             enc.resolve_query_set(self.qs, 0, 2, self.resolve, 0)
             enc.copy_buffer_to_buffer(self.resolve, 0, self.read, 0, 16)
             d.queue.submit([enc.finish()])

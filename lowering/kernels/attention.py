@@ -66,39 +66,43 @@ MERGE_UNROLL = 8  # split records whose loads a merge issues together
 
 
 @T.macro
-def _merge_splits(P, OUT, h, lane, n, groups, hd4: int, mv, mrg):
+def _merge_splits(P, OUT, h, lane, n, groups, hd4: int, mv, mrg, oacc, nb):
     """Merge head ``h``'s first ``n`` split records of ``P`` [heads, slots, hd4 + 2] (vec4s) into
     vec4 lane ``lane`` of ``OUT`` [1, heads, 1, hd4]: ``M = max m_s``, ``w_s = exp(m_s - M)``,
     ``out = sum w_s o_s / sum w_s l_s``. Records go in groups of ``MERGE_UNROLL`` (unrolled: their
     loads in flight at once; a loop of one record at a time waited for each, ~20 us per layer on an
     H200), with the running max and sums rescaled between groups, so only the step's splits are
-    read (3 at context 135 with the default unit, not every slot). ``groups``: the group count,
-    ``ceil(n / MERGE_UNROLL)`` from a value that is no function of the uniforms alone (a loop bound
-    computed from ``total`` alone is the lavapipe recompilation trap, DESIGN.md, and TVM's codegen
-    folds away ``opaque_loop_extents``' guard on this one), or a constant covering every slot. A
-    group's slots past ``n`` read slot ``n - 1`` again (cached) and get the empty max through
-    WGSL's ``select`` (weight 0; TVM turns its own Select around a load into a branch, here on
-    uniform values alone). ``mv`` [MERGE_UNROLL], ``mrg`` [5] (running max, output, sum, new max,
-    scale): local float32x4 buffers."""
-    mrg[0] = T.Broadcast(T.float32(EMPTY_MAX), 4)
-    mrg[1] = T.Broadcast(T.float32(0), 4)
-    mrg[2] = T.Broadcast(T.float32(0), 4)
+    read (3 at context 135 with the default unit, not every slot). The stats (stored broadcast over
+    a vec4) are kept as scalars: the fused form runs inside the attention kernel, whose occupancy
+    follows its register peak. ``groups``: the group count, ``ceil(n / MERGE_UNROLL)`` from a value
+    that is no function of the uniforms alone (a loop bound computed from ``total`` alone is the
+    lavapipe recompilation trap, DESIGN.md, and TVM's codegen folds away ``opaque_loop_extents``'
+    guard on this one), or a constant covering every slot. A group's slots past ``n`` read slot
+    ``n - 1`` again (cached) and get the empty max through WGSL's ``select`` (weight 0; TVM turns
+    its own Select around a load into a branch, here on uniform values alone). Local buffers:
+    ``mv`` float32 [MERGE_UNROLL], ``mrg`` float32 [4] (running max, new max, scale, sum),
+    ``oacc`` float32x4 [1], ``nb`` int32 [1] (``n``, computed once: a division by the run-time
+    chunk)."""
+    nb[0] = n
+    mrg[0] = T.float32(EMPTY_MAX)
+    mrg[3] = T.float32(0)
+    oacc[0] = T.Broadcast(T.float32(0), 4)
     for c in range(groups):
         for u in T.unroll(MERGE_UNROLL):
-            mv[u] = T.call_pure_extern("float32x4", "select", T.Broadcast(T.float32(EMPTY_MAX), 4),
-                                       P[h, T.min(c * MERGE_UNROLL + u, n - 1), hd4], c * MERGE_UNROLL + u < n)
-        mrg[3] = mrg[0]
+            mv[u] = T.call_pure_extern("float32", "select", T.float32(EMPTY_MAX), T.Shuffle(
+                [P[h, T.min(c * MERGE_UNROLL + u, nb[0] - 1), hd4]], [0]), c * MERGE_UNROLL + u < nb[0])
+        mrg[1] = mrg[0]
         for u in T.unroll(MERGE_UNROLL):
-            mrg[3] = T.max(mrg[3], mv[u])
-        mrg[4] = T.exp(mrg[0] - mrg[3])
-        mrg[1] = mrg[1] * mrg[4]
-        mrg[2] = mrg[2] * mrg[4]
+            mrg[1] = T.max(mrg[1], mv[u])
+        mrg[2] = T.exp(mrg[0] - mrg[1])
+        oacc[0] = oacc[0] * T.Broadcast(mrg[2], 4)
+        mrg[3] = mrg[3] * mrg[2]
         for u in T.unroll(MERGE_UNROLL):
-            mrg[4] = T.exp(mv[u] - mrg[3])
-            mrg[1] = mrg[1] + P[h, T.min(c * MERGE_UNROLL + u, n - 1), lane] * mrg[4]
-            mrg[2] = mrg[2] + P[h, T.min(c * MERGE_UNROLL + u, n - 1), hd4 + 1] * mrg[4]
-        mrg[0] = mrg[3]
-    OUT[0, h, 0, lane] = mrg[1] / mrg[2]
+            mrg[2] = T.exp(mv[u] - mrg[1])
+            oacc[0] = oacc[0] + P[h, T.min(c * MERGE_UNROLL + u, nb[0] - 1), lane] * T.Broadcast(mrg[2], 4)
+            mrg[3] = mrg[3] + T.Shuffle([P[h, T.min(c * MERGE_UNROLL + u, nb[0] - 1), hd4 + 1]], [0]) * mrg[2]
+        mrg[0] = mrg[1]
+    OUT[0, h, 0, lane] = oacc[0] / T.Broadcast(mrg[3], 4)
 
 
 def _split_count(total, unit: int, smax: int):
@@ -218,8 +222,10 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                     rope = T.alloc_buffer((2,), "float32x4", scope="local")  # cos, sin lane at total - 1
                     ticket_sh = T.alloc_buffer((1,), "int32", scope="shared")  # fused combine: arrival order
                     ticket = T.alloc_buffer((1,), "int32", scope="local")
-                    mv = T.alloc_buffer((MERGE_UNROLL,), "float32x4", scope="local")  # fused combine
-                    mrg = T.alloc_buffer((5,), "float32x4", scope="local")
+                    mv = T.alloc_buffer((MERGE_UNROLL,), "float32", scope="local")  # fused combine
+                    mrg = T.alloc_buffer((4,), "float32", scope="local")
+                    oacc = T.alloc_buffer((1,), "float32x4", scope="local")
+                    nb = T.alloc_buffer((1,), "int32", scope="local")
                     start = T.meta_var(s * chunk)
                     end = T.meta_var(T.min(start + chunk, total))
                     # q of every head of the group -> shared (normalized, rotated, scaled); the norm
@@ -351,7 +357,7 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                                     # the uniforms alone
                                     _merge_splits(O, OUT, kh * group + (pj * threads + tx) // hd4,
                                                   (pj * threads + tx) % hd4, nsplit,
-                                                  (ticket[0] + MERGE_UNROLL) // MERGE_UNROLL, hd4, mv, mrg)
+                                                  (ticket[0] + MERGE_UNROLL) // MERGE_UNROLL, hd4, mv, mrg, oacc, nb)
 
     # params a form never reads are dropped (each param is a binding): the q prologue's, the K write's,
     # the fused combine's
@@ -372,12 +378,14 @@ def _combine_func(nh: int, hd: int, unit: int, smax: int):
                 O: T.Buffer((1, nh, 1, hd4), "float32x4"), total: T.int32):
         for h in T.thread_binding(nh, thread="blockIdx.x"):
             for tx in T.thread_binding(hd4, thread="threadIdx.x"):
-                mv = T.alloc_buffer((MERGE_UNROLL,), "float32x4", scope="local")
-                mrg = T.alloc_buffer((5,), "float32x4", scope="local")
+                mv = T.alloc_buffer((MERGE_UNROLL,), "float32", scope="local")
+                mrg = T.alloc_buffer((4,), "float32", scope="local")
+                oacc = T.alloc_buffer((1,), "float32x4", scope="local")
+                nb = T.alloc_buffer((1,), "int32", scope="local")
                 # every slot's group (a constant count: no loop bound from the uniforms alone),
                 # the ones past the step's splits re-reading its last record, weighted 0
                 _merge_splits(P, O, h, tx, _split_count(total, unit, smax)[1],
-                              (smax + MERGE_UNROLL - 1) // MERGE_UNROLL, hd4, mv, mrg)
+                              (smax + MERGE_UNROLL - 1) // MERGE_UNROLL, hd4, mv, mrg, oacc, nb)
 
     return combine
 

@@ -16,7 +16,7 @@ class LowerOptions:
     # decode attention (flash-decoding): at most this many splits of the cache per kv head, each
     # at least `attention_split_unit` positions; 1 = one workgroup per kv head, no combine dispatch.
     # 64 (H200, 0.6B f16, one device call): decode at context 4096 525 tok/s vs 462 with 32; at
-    # context 128 609 vs 645 (the combine reads every slot)
+    # context 128 609 vs 645 (then the combine read every slot; now only the step's splits)
     attention_splits: int = 64
     attention_split_unit: int = 64
     # the splits' merge done by the attention kernel's last workgroup per kv head

@@ -55,7 +55,7 @@ def _rows(g: Graph, plan: Plan, kernels: dict[str, KernelInfo], seq: int) -> lis
             "workgroup": list(k.workgroup) if k else None,
             "covers": n.meta.get("covers", [n.name]),
             "split_of": n.meta.get("split_of"),
-            "written_by": n.attrs.get("written_by"),  # an in-place write another node's kernel performs
+            "written_by": n.attrs.get("written_by"),  # a result another node's kernel writes (a cache row, a merge)
             "weights": weights,
             # bytes the kernel moves per token: a decode step, or a full prefill chunk divided by its tokens
             "bytes_per_token": expr.evaluate(d.bytes, {"seq": seq, "total": seq}) / seq if weights else None,

@@ -3,11 +3,12 @@
 ``split_decode_attention`` leaves two dispatches per layer: ``attention_partial`` (one workgroup
 per kv head and split) and ``attention_combine`` (one small workgroup per query head). At short
 context the combine's launch and dependent loads cost about as much as the attention itself (H200,
-4B shape: 7 us alone, 22 us inside the decode step, against 22 us for the partial kernel). Fused,
-the last workgroup of each kv head to finish merges its group's split records (an atomic arrival
-counter per kv head, ``lowering.kernels.attention``). The ``attention_combine`` node stays in the
-graph, marked ``written_by`` the partial node, as the K and V cache writes are: the graph's
-meaning and its reference are unchanged, only the dispatch is gone."""
+4B shape, inside the decode step at context 135: 34 us attention + 22 us combine per layer; fused,
+32 us). Fused, the last workgroup of each kv head to finish merges its group's split records (an
+atomic arrival counter per kv head, ``lowering.kernels.attention``, which also says what this
+rests on). The ``attention_combine`` node stays in the graph, marked ``written_by`` the partial
+node, as the K and V cache writes are: the graph's meaning and its reference are unchanged, only
+the dispatch is gone."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def _dispatches(g: Graph, opts: LowerOptions, specs: dict[str, KernelSpec],
     out = []
     for n in g.nodes():
         if n.op in LEAF_OPS or n.op in VIEW_OPS or n.attrs.get("written_by"):
-            continue  # no kernel: views, and cache writes another node's kernel performs
+            continue  # no kernel: views, and results another node's kernel writes (cache rows, the split merge)
         try:
             spec = spec_for(n, g, opts)
         except KeyError as e:

@@ -42,7 +42,8 @@ def compiled(model_dir, tmp_path_factory):
     """``compiled(preset, model_dtype, weight_dtype, max_context, prefill_chunk, kv_dtype)`` -> module dir
     (``kv_dtype`` None: the compiler's default KV cache dtype; ``fuse_prefill_attention=False``: the
     batched GEMM + softmax prefill attention; ``fuse_prefill_swiglu=False``: prefill gate and up
-    GEMMs + silu_mul kept apart; ``candidates=True``: every kernel's tuning candidates
+    GEMMs + silu_mul kept apart; ``fuse_attention_combine=False``: decode attention's split merge as a
+    dispatch of its own; ``candidates=True``: every kernel's tuning candidates
     too, which tests of the tuner and of the alternates need; the others compile the defaults only,
     several times faster)."""
     from lowering.module import compile_model
@@ -52,15 +53,16 @@ def compiled(model_dir, tmp_path_factory):
 
     def get(preset: str, dtype: str = "f32", weight_dtype: str = "float32", max_context: int = 128,
             prefill_chunk: int = 32, kv_dtype: str | None = None, log=lambda *_: None,
-            fuse_prefill_attention: bool = True, fuse_prefill_swiglu: bool = True, candidates: bool = False):
+            fuse_prefill_attention: bool = True, fuse_prefill_swiglu: bool = True, fuse_attention_combine: bool = True,
+            candidates: bool = False):
         key = (preset, dtype, weight_dtype, max_context, prefill_chunk, kv_dtype, fuse_prefill_attention,
-               fuse_prefill_swiglu, candidates)
+               fuse_prefill_swiglu, fuse_attention_combine, candidates)
         if key not in made:
             out = tmp_path_factory.mktemp("vkmod") / f"{preset}.vkmod"
             kv = {"kv_dtype": kv_dtype} if kv_dtype else {}
             opts = LowerOptions(weight_dtype, max_context, prefill_chunk, **kv,
                                 fuse_prefill_attention=fuse_prefill_attention, fuse_prefill_swiglu=fuse_prefill_swiglu,
-                                tuning_candidates=candidates)
+                                fuse_attention_combine=fuse_attention_combine, tuning_candidates=candidates)
             compile_model(model_dir(preset, dtype), out, opts, log=log)
             made[key] = out
         return made[key]

@@ -73,7 +73,7 @@ def test_split_and_fusion(cfg06):
     kw = g["layers.0.k_cache_write"].attrs
     assert kw["rope"] == "default(theta=1000000.0)" and kw["packed_offset"] == 2048
     # decode: layout-only transposes become views; QK^T, softmax, PV become one attention kernel over
-    # splits of the cache (flash-decoding) whose partials a second kernel merges
+    # splits of the cache (flash-decoding), whose partials the kernel's last workgroup per kv head merges
     assert not g.by_op("transpose") and not g.by_op("softmax") and not g.by_op("attention")
     assert len(g.by_op("attention_partial")) == len(g.by_op("attention_combine")) == 28
     assert [m["kernel_class"] for m in g["layers.0.pv"].meta["fused_matmuls"]] == ["batched_gemv"] * 2

@@ -119,15 +119,18 @@ def test_pass_fuses_prefill_attention_and_shrinks_the_plan(cfg06):
     assert not d.by_op("prefill_attention") and d.by_op("attention_partial")
 
 
-def test_unfused_prefill_path_kernels_against_numpy(compiled):
-    """``fuse_prefill_attention=False`` keeps the batched GEMM + softmax path (the baseline to time
-    against, and what a head_dim the kernel does not support compiles to), ``fuse_prefill_swiglu=False``
-    the gate and up GEMMs + silu_mul: their kernels against numpy."""
+def test_unfused_paths_kernels_against_numpy(compiled):
+    """The baselines the fusions are timed against, their kernels against numpy:
+    ``fuse_prefill_attention=False`` keeps the batched GEMM + softmax path (also what a head_dim the
+    kernel does not support compiles to), ``fuse_prefill_swiglu=False`` the gate and up GEMMs +
+    silu_mul, ``fuse_attention_combine=False`` decode attention's split merge as its own dispatch."""
     from runtime.compiled import load_compiled
     from tests.test_kernels import check_every_kernel
 
     module = load_compiled(compiled("tiny-gqa4", "f32", "float32", max_context=704, prefill_chunk=64,
-                                    fuse_prefill_attention=False, fuse_prefill_swiglu=False))
+                                    fuse_prefill_attention=False, fuse_prefill_swiglu=False,
+                                    fuse_attention_combine=False))
     assert not any(d.node.endswith(".attention") for d in module.manifest.phases["prefill"].dispatches)
     assert "silu_mul" in {d.op for d in module.manifest.phases["prefill"].dispatches}
+    assert "attention_combine" in {d.op for d in module.manifest.phases["decode"].dispatches}
     assert {"batched_gemm", "softmax", "attention", "elementwise"} <= check_every_kernel(module, 1e-5)

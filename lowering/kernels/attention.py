@@ -28,7 +28,11 @@ barrier on storage memory) and takes a ticket from an atomic counter per kv head
 the last ticket merges its group's heads and resets the counter. A dispatch fewer per layer: at
 short context the combine's launch and round trips cost as much as the attention itself (H200,
 4B: 34 + 22 us per layer inside the decode step; fused: 32 us, and decode 272 vs 266 tok/s at 4B,
-764 vs 703 at 0.6B, RESULTS.md). The unsplit form (one
+764 vs 703 at 0.6B, RESULTS.md). What it rests on: the records are plain stores, naga declares
+storage buffers without ``Coherent`` (GLSL450 memory model) and the WGSL spec gives
+``storageBarrier`` workgroup scope only, so the visibility of one workgroup's records to another
+is what the drivers do with naga's device-scope barrier, not a guarantee of the spec: checked on
+NVIDIA (H200) and lavapipe. ``--separate-attention-combine`` is the form that needs none of it. The unsplit form (one
 split covering the whole cache, ``attention``) normalizes in place and needs no combine.
 
 K/V are read in the cache's dtype (f16 or f32) and accumulated in f32. With one query at position
@@ -430,14 +434,23 @@ def _attention_spec(node: Node, g: Graph, opts: LowerOptions, split: tuple[int, 
     kv_bytes = f"2*{DTYPE_BYTES[kc.dtype]}*{nkv}*total*{hd}"
     args = [q.name, kc.name, vc.name, *extra, node.name]
     outputs = [len(args) - 1] + [1] * (k_norm is not None)  # the K cache is updated in place
-    out_bytes = ""
+    if split:  # the step's split records are written (and, merged here, read back and merged)
+        out_bytes = f"{1 + bool(combine)}*4*{nh}*{hd + SPLIT_STATS}*{_live_splits(*split)}"
+    else:
+        out_bytes = bytes_expr([node], ctx)
     if combine:
         args += [split_counters(nkv), combine]
         outputs += [len(args) - 2, len(args) - 1]
-        out_bytes = f" + {bytes_expr([g[combine]], ctx)}"
+        out_bytes += f" + {bytes_expr([g[combine]], ctx)}"
     return KernelSpec(f"{node.op}:{shape_key(q)}x{shape_key(kc)}:s{scale!r}:{q_norm}:{rope}:{split}:{k_norm}:"
                       f"{bool(combine)}", "attention", variants[0][1], args, outputs, flops=f"4*{nh}*total*{hd}",
-                      bytes=f"{bytes_expr([q, node], ctx)} + {kv_bytes}{out_bytes}", variants=variants)
+                      bytes=f"{bytes_expr([q], ctx)} + {kv_bytes} + {out_bytes}", variants=variants)
+
+
+def _live_splits(unit: int, smax: int) -> str:
+    """``ir.ops.attention_split``'s split count as a cost expression of ``total``."""
+    chunk = f"((total + {unit * smax - 1}) // {unit * smax} * {unit})"
+    return f"((total + {chunk} - 1) // {chunk})"
 
 
 def split_counters(kv_heads: int) -> str:
@@ -466,9 +479,7 @@ def attention_combine(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     nh, smax, width = p.shape
     unit = int(node.attrs["split_unit"])
     build = lambda: _combine_func(nh, width - SPLIT_STATS, unit, smax)  # noqa: E731
-    # what a merge reads: the step's splits' records (at most smax), not every slot
-    splits = f"((total + {unit * smax - 1}) // {unit * smax} * {unit})"
-    live = f"((total + {splits} - 1) // {splits})"
+    live = _live_splits(unit, smax)  # what a merge reads: the step's split records, not every slot
     return KernelSpec(f"attention_combine:{shape_key(p)}:{unit}", "attention", build, [p.name, node.name], [1],
                       flops=f"6*{nh}*{width}*{live}", bytes=f"4*{nh}*{width}*{live} + {bytes_expr([node], 0)}",
                       variants=[("attention-combine", build)])

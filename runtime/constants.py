@@ -12,11 +12,11 @@ def make_constant(name: str) -> np.ndarray:
     """``const:rope_cos:<rope key>:<head_dim>:<ctx>x<half>`` -> float32 [ctx, half] (and rope_sin);
     ``const:counters:<n>x1`` -> int32 zeros [n, 1] (arrival counters a kernel leaves at zero,
     ``lowering.kernels.attention.split_counters``)."""
-    kind, shape = name.split(":")[1], name.rsplit(":", 1)[1]
+    _, kind, *key, shape = name.split(":")
     rows, cols = (int(x) for x in shape.split("x"))
     if kind == "counters":
         return np.zeros((rows, cols), np.int32)
-    _, kind, rope, hd, _ = name.split(":")
+    rope, hd = key
     cos, sin = tables(np.arange(rows), int(hd), Rope.from_key(rope))
     table = cos if kind == "rope_cos" else sin
     return np.ascontiguousarray(table[:, :cols])

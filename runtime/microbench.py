@@ -88,8 +88,8 @@ class KernelTimer:
         """Median over ``trials`` of the mean GPU time of one launch in a pass of ``reps`` launches.
         Each timed pass follows an untimed one of the same launches in the same submission, so the
         GPU is busy when the timed pass begins: between submissions the host waits for the result
-        and the GPU idles, and on the H200 a short kernel then timed 2-5x slow in whole runs of
-        the tuner (the same schedule 18.5 us in one call, 68 us in another)."""
+        and the GPU idles, and on the H200 short kernels then timed up to 5x slow for whole rounds
+        of ``runtime.tune`` (spreads of x4.7 between a candidate's rounds)."""
         wgpu, d = self.wgpu, self.dev.device
         out = []
         for _ in range(trials + 1):

@@ -45,7 +45,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from ir.graph import Graph, Node
-from ir.ops import EMPTY_MAX, SPLIT_STATS
+from ir.ops import EMPTY_MAX, SPLIT_STATS, attention_split
 from lowering.kernels.common import DTYPE_BYTES, bytes_expr, shape_key
 from lowering.kernels.elementwise import rope_tables
 from lowering.kernels.spec import KernelSpec, generator
@@ -108,12 +108,6 @@ def _merge_splits(P, OUT, h, lane, n, groups, hd4: int, mv, mrg, oacc, nb):
             mrg[3] = mrg[3] + T.Shuffle([P[h, T.min(c * MERGE_UNROLL + u, nb[0] - 1), hd4 + 1]], [0]) * mrg[2]
         mrg[0] = mrg[1]
     OUT[0, h, 0, lane] = oacc[0] / T.Broadcast(mrg[3], 4)
-
-
-def _split_count(total, unit: int, smax: int):
-    """``ir.ops.attention_split`` in TIR: (chunk, splits) at run-time ``total``."""
-    chunk = (total + unit * smax - 1) // (unit * smax) * unit
-    return chunk, (total + chunk - 1) // chunk
 
 
 def supports(head_dim: int, group: int = 1, k_write: bool = False) -> bool:
@@ -204,8 +198,9 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                   COS: T.Buffer((ctx, max(h4, 1)), "float32x4"), SIN: T.Buffer((ctx, max(h4, 1)), "float32x4"),
                   KG: T.Buffer((hd4,), dtype=f"{kgdtype}x4"), O: T.Buffer(out_shape, "float32x4"),
                   CNT: T.Buffer((nkv,), "int32"), OUT: T.Buffer((1, nh, 1, hd4), "float32x4"), total: T.int32):
-        # splits of `chunk` positions (a multiple of `unit`), at most `smax` of them: ir.ops.attention_split
-        chunk, nsplit = T.meta_var(_split_count(total, unit, smax))
+        # splits of `chunk` positions (a multiple of `unit`), at most `smax` of them (the same formula
+        # on TIR expressions)
+        chunk, nsplit = T.meta_var(attention_split(total, unit, smax))
         for s in T.thread_binding(nsplit, thread="blockIdx.x"):
             for kh in T.thread_binding(nkv, thread="blockIdx.y"):
                 for tx in T.thread_binding(threads, thread="threadIdx.x"):
@@ -388,7 +383,7 @@ def _combine_func(nh: int, hd: int, unit: int, smax: int):
                 nb = T.alloc_buffer((1,), "int32", scope="local")
                 # every slot's group (a constant count: no loop bound from the uniforms alone),
                 # the ones past the step's splits re-reading its last record, weighted 0
-                _merge_splits(P, O, h, tx, _split_count(total, unit, smax)[1],
+                _merge_splits(P, O, h, tx, attention_split(total, unit, smax)[1],
                               (smax + MERGE_UNROLL - 1) // MERGE_UNROLL, hd4, mv, mrg, oacc, nb)
 
     return combine

@@ -69,8 +69,9 @@ def memory_report(model) -> tuple[str, dict[str, float]]:
              f"  weights      {mib['weights']:10.1f}  ({fmt})",
              f"  kv           {mib['kv']:10.1f}  ({kv.dtype}, {kv.layers} layers x K,V x {kv.kv_heads} heads x "
              f"{kv.capacity} positions x {kv.head_dim})",
-             f"  activations  {mib['activations']:10.1f}  (slots of both phases, token ids, launch args)",
-             f"  constants    {mib['constants']:10.1f}  (RoPE tables)",
+             f"  activations  {mib['activations']:10.1f}  (slots of both phases, token ids, launch args, "
+             "split-K GEMM records)",
+             f"  constants    {mib['constants']:10.1f}  (RoPE tables, arrival counters)",
              f"  staging      {mib['staging']:10.1f}  (logits readback, timestamps)"]
     if SCRATCH:
         lines.append(f"  bench scratch {max(SCRATCH.values()) / 2**20:9.1f}  peak, freed after each ceiling ("
@@ -128,20 +129,31 @@ def roofline(profiles, plans, phase: str, copy_gb_s: float, gemm_gflop_s: float)
     return "\n".join(lines), out
 
 
+PREFILL_WARMUP_S = 1.0
+
+
 def time_prefill(model, n: int, runs: int) -> float:
+    """Median tok/s of ``runs`` prefills of ``n`` tokens, after untimed prefills for at least
+    ``PREFILL_WARMUP_S``: a 512-token prefill of the 0.6B is one ~27 ms burst, and on the H200 such
+    a burst after the host's idle time ran at a third of the speed in whole runs (7-9k tok/s
+    instead of 18-19k, the same kernels; the per-op profile of a first prefill showed every kernel
+    ~3x slow), while llama-bench times its prompts back to back after a warm-up run."""
     ex = model.executor
     prompt = np.random.default_rng(n).integers(0, model.config.vocab_size, n).astype(np.int32)
-    out = []
-    for r in range(runs + 1):
+
+    def prefill() -> float:
         t0 = time.perf_counter()
         total = 0
         for s in range(0, n, ex.chunk):
             chunk = prompt[s:s + ex.chunk]
             total += len(chunk)
             ex.step("prefill", chunk, total)
-        if r:
-            out.append(n / (time.perf_counter() - t0))
-    return statistics.median(out)
+        return time.perf_counter() - t0
+
+    warm = time.perf_counter() + PREFILL_WARMUP_S
+    while time.perf_counter() < warm:
+        prefill()
+    return statistics.median(n / prefill() for _ in range(runs))
 
 
 def time_decode(model, context: int, new: int, runs: int, host_sampled: bool = False) -> float:

@@ -164,7 +164,9 @@ class Executor:
     def _resolve(self, plan: Plan, slots: list[Any], name: str) -> Any:
         if name.startswith("const:"):
             if name not in self.shared:
-                self.shared[name] = self._buffer(0, name, data=make_constant(name), kind="constants")
+                # the split-K GEMMs' records are working memory, like the activation slots
+                kind = "activations" if name.startswith("const:scratch:") else "constants"
+                self.shared[name] = self._buffer(0, name, data=make_constant(name), kind=kind)
             return self.shared[name]
         t = plan.tensors[name]
         if t.kind == "weight":
@@ -175,12 +177,19 @@ class Executor:
             return self.ids
         return slots[t.slot]
 
+    def _bound(self, plan: Plan, slots: list[Any], args: list[str], prog: KernelProgram) -> list[Any]:
+        """A dispatch's buffers per arg; ``None`` for args the kernel does not bind (a GEMM schedule
+        other than split-K leaves the split-K scratch unbound, and it is then never allocated)."""
+        used = {b.arg for b in prog.bindings}
+        return [self._resolve(plan, slots, a) if i in used else None for i, a in enumerate(args)]
+
     def _prepare(self, phase: str) -> _Phase:
         plan = self.module.manifest.phases[phase]
         slots = [self._buffer(size, f"{phase}.slot{i}", kind="activations") for i, size in enumerate(plan.slots)]
         align = max(POD_BYTES, self.dev.limits.get("min-uniform-buffer-offset-alignment", 256))
         logits = self._resolve(plan, slots, plan.outputs["logits"])
-        launches = [(self.programs[d.kernel], [self._resolve(plan, slots, a) for a in d.args]) for d in plan.dispatches]
+        launches = [(self.programs[d.kernel], self._bound(plan, slots, d.args, self.programs[d.kernel]))
+                    for d in plan.dispatches]
         tail = self._greedy_launches(logits) if phase == "decode" else []
         pod_buffer = self._buffer(align * max(len(launches) + len(tail), 1), f"{phase}.pod",
                                   self.wgpu.BufferUsage.UNIFORM | self.wgpu.BufferUsage.COPY_DST, kind="activations")

@@ -22,16 +22,19 @@ ROTATE_BYTES = 256 << 20
 class ArgBuffers:
     """GPU buffers for one kernel's args (spec order): read-only args filled with small random values
     and replicated until the set is larger than ``rotate_bytes``, written args one buffer each.
-    Every schedule of one kernel has the same args, so the tuner's candidates share one set."""
+    Every schedule of one kernel has the same args, so the tuner's candidates share one set; an arg
+    is written if any of ``programs`` writes it (the split-K GEMM schedules bind scratch and
+    counters the others leave unbound: the counters must start at zero, as integers)."""
 
-    def __init__(self, dev: Device, program: KernelProgram, sizes: list[int], rotate_bytes: int = ROTATE_BYTES,
-                 seed: int = 0) -> None:
+    def __init__(self, dev: Device, programs: list[KernelProgram], sizes: list[int],
+                 rotate_bytes: int = ROTATE_BYTES, seed: int = 0) -> None:
         import wgpu
 
         d = dev.device
         usage = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_DST
-        written = {b.arg for b in program.bindings if b.write}
-        types = {b.arg: b.type for b in program.bindings}
+        bindings = [b for p in programs for b in p.bindings]
+        written = {b.arg for b in bindings if b.write}
+        types = {b.arg: b.type for b in bindings}
         read_bytes = sum(s for i, s in enumerate(sizes) if i not in written)
         self.copies = max(1, min(16, rotate_bytes // max(read_bytes, 1)))
         rng = np.random.default_rng(seed)
@@ -74,7 +77,7 @@ class KernelTimer:
         self.dev, self.program, self.wgpu = dev, program, wgpu
         d = dev.device
         self.owned = not isinstance(args, ArgBuffers)
-        self.args = ArgBuffers(dev, program, args, rotate_bytes, seed) if self.owned else args
+        self.args = ArgBuffers(dev, [program], args, rotate_bytes, seed) if self.owned else args
         self.nbytes = self.args.nbytes
         self.grid, pod = program.launch(seq, total)
         self.pod = d.create_buffer_with_data(data=pod.tobytes().ljust(POD_BYTES, b"\0"),

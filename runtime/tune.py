@@ -56,7 +56,7 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50, rounds:
         flops = cost(d.flops, seq, total)
         names = [main, *kernels[main].alternates]
         progs = [KernelProgram(dev.device, name, kernels[name], module.wgsl[name]) for name in names]
-        args = ArgBuffers(dev, progs[0], sizes)
+        args = ArgBuffers(dev, progs, sizes)
         timers = [KernelTimer(dev, prog, args, seq, total) for prog in progs]
         timers[0].warm_up(0.2 if table else 0.5)  # pipeline creation left the GPU idle: clocks back up
         samples: dict[str, list[float]] = {name: [] for name in names}

@@ -194,13 +194,18 @@ def test_every_gemv_variant_against_numpy(wdtype):
             assert err < 1e-5, f"{name} {n}x{k} res={res} norm={eps} swiglu={swiglu}: rel err {err:.1e}"
 
 
+ROWS = 130  # the prefill chunk of test_every_gemm_variant_against_numpy's split-K scratch
+
+
 @pytest.mark.parametrize("wdtype", ["float32", "float16", "q4", "q8"])
 def test_every_gemm_variant_against_numpy(wdtype):
     """Each prefill GEMM tiling the tuner may pick, for every weight format (quantized ones against
     their dequantized values), with row and column tails (seq and N not multiples of any tile; an N
     not a multiple of 4, stored value by value), K of one or several slices (odd and even counts:
     the double-buffered loop runs slices in pairs), with and without the residual; and the SwiGLU
-    GEMM (``silu(A W^T) * (A U^T)``, two weights; each tiling that fits it) at one such shape."""
+    GEMM (``silu(A W^T) * (A U^T)``, two weights; each tiling that fits it) at one such shape. All
+    as a module builds them for a prefill chunk of ``ROWS``: the split-K tilings too (the last split
+    to arrive sums the records), the arrival counters back at zero after each."""
     from lowering.build import build_kernel
     from lowering.kernels import gemm
     from lowering.kernels.spec import KernelSpec
@@ -211,17 +216,22 @@ def test_every_gemm_variant_against_numpy(wdtype):
     rng = np.random.default_rng(2)
     quant = wdtype in ("q4", "q8")
     fmt = of_dtype(wdtype)
-    cases = [(200, 160, True, False), (130, 96, False, False)] + ([] if quant else [(64, 48, False, False)])
+    cases = [(200, 160, True, False), (130, 96, False, False), (96, 256, True, False)] + (
+        [] if quant else [(64, 48, False, False)])
     # swiglu: N not a multiple of 4 (value stores) in f32; an odd slice count where K allows (q: K % 32)
     cases.append((200, 160, False, True) if quant else (130 if wdtype == "float32" else 200, 112, False, True))
+    cases.append((72, 256, False, True))  # split-K 2 and 4 of the SwiGLU GEMM
     for n, k, res, swiglu in cases:
         bufs = [encode(rng.standard_normal((n, k)).astype(np.float32), fmt) for _ in range(1 + swiglu)]
         vals = [decode(b, (n, k), fmt).astype(np.float64) for b in bufs]
         w, u = vals[0], vals[-1]
         ws = [x for b in bufs for x in ([b, b] if quant else [b.view(_NP[wdtype]).reshape(n, k)])]
-        nargs = 2 + len(ws) + res
-        variants = gemm.schedules(n, k, wdtype, res, swiglu)
-        assert len(variants) >= (6 if swiglu else 4 if k % 32 == 0 else 3)
+        scratch = gemm.scratch_args(n, k, ROWS, swiglu)
+        nargs = 2 + len(ws) + res + len(scratch)
+        variants = gemm.schedules(n, k, wdtype, res, swiglu, rows=ROWS if scratch else 0)
+        assert len(variants) >= 6
+        assert k % 32 or any("split-K 2" in name for name, _ in variants)
+        assert k % 64 or any("split-K 4" in name for name, _ in variants)
         for name, builder in variants:
             spec = KernelSpec(f"g{n}x{k}", "gemm", builder, [f"x{i}" for i in range(nargs)], [nargs - 1],
                               variants=[(name, builder)])
@@ -234,7 +244,10 @@ def test_every_gemm_variant_against_numpy(wdtype):
                 expected = a.astype(np.float64) @ w.T + (r if res else 0)
                 if swiglu:
                     expected = expected / (1 + np.exp(-expected)) * (a.astype(np.float64) @ u.T)
-                got = launch([a, *ws, *([r] if res else []), np.full((seq, n), np.nan, np.float32)], seq, seq)[-1]
+                outs = launch([a, *ws, *([r] if res else []), *map(make_constant, scratch),
+                               np.full((seq, n), np.nan, np.float32)], seq, seq)
+                got = outs[-1]
+                assert not scratch or not outs[-2].any(), f"{name}: the arrival counters are left at zero"
                 err = np.abs(got - expected).max() / np.abs(expected).max()
                 assert err < 1e-5, f"{wdtype} {name} seq={seq} {n}x{k} res={res} swiglu={swiglu}: rel err {err:.1e}"
 

@@ -24,6 +24,19 @@ loads, see gemv.py for why). These are classic SIMT tilings with vec4 everywhere
   halves of one buffer apart and would add a second barrier. ``stages=1``: one buffer, register
   prefetch, two barriers per slice, but twice the ``bk`` in the same shared memory.
 
+``splits`` (split-K): a 512-row chunk against N = 1024 (every 0.6B GEMM but the MLP's, the 4B's
+k/v) is 32 tiles of 128 x 128, a quarter of an H200's 132 SMs, so such GEMMs ran 64 x 64 tiles at
+4 x 4 per thread (21 TFLOP/s where 128 x 128 at 8 x 8 reaches 33 on a full grid). A split-K tiling
+runs ``splits`` workgroups per C tile, each over ``K / splits`` (blockIdx.y is (split, column
+tile)), in one dispatch: each stores its accumulators as a record in a scratch buffer, fences it
+(``storageBarrier()``) and takes a ticket from the tile's arrival counter; the last to arrive sums
+the records in split order (the same float sum whichever workgroup is last: deterministic),
+applies the epilogue and resets the counter. This is the fused attention merge's pattern
+(``attention.py``: what it rests on, driver behaviour with naga's device-scope barrier). The
+records and counters are runtime constants (``scratch_args``) that every schedule of the kernel
+takes as params and only the split-K ones bind, so the runtime allocates them only when the
+tuner picks a split-K schedule.
+
 Rows beyond ``seq`` and columns beyond N are clamped on load and skipped on store. Every variant
 stays within 32 KiB of shared memory (lavapipe's limit; NVIDIA's Vulkan limit is 48 KiB).
 
@@ -68,6 +81,7 @@ class Tiling:
     pn: int
     bk: int
     stages: int
+    splits: int = 1
 
     @property
     def threads(self) -> int:
@@ -80,14 +94,25 @@ class Tiling:
     @property
     def name(self) -> str:
         return (f"outer-gemm({self.bm}x{self.bn} tile, {self.pm}x{self.pn} per thread, bk {self.bk}, "
-                f"{'double-buffered' if self.stages == 2 else 'prefetch'})")
+                f"{'double-buffered' if self.stages == 2 else 'prefetch'}"
+                f"{f', split-K {self.splits}' if self.splits > 1 else ''})")
 
     def fits(self, k: int, swiglu: bool = False) -> bool:
         """Whether this tiling divides K; with ``swiglu``, whether each thread's column quads split
         into matching gate and up halves (an even ``pn / 4``) and the gate | up boundary of the W
         blocks falls on a warp boundary (``bn`` a multiple of 64; module docstring)."""
-        return k % self.bk == 0 and (not swiglu or (self.pn % 8 == 0 and self.bn % 64 == 0
-                                                     and self.bn // 8 * self.bk // 4 % 32 == 0))
+        return k % (self.bk * self.splits) == 0 and (not swiglu or (
+            self.pn % 8 == 0 and self.bn % 64 == 0 and self.bn // 8 * self.bk // 4 % 32 == 0))
+
+    def tiles(self, n: int, rows: int, swiglu: bool = False) -> int:
+        """C tiles (workgroups per split: the split-K arrival counters) for up to ``rows`` rows; with
+        ``swiglu`` a tile has ``bn / 2`` columns of C."""
+        return -(-rows // self.bm) * -(-n // (self.bn // 2 if swiglu else self.bn))
+
+    def scratch_vec4s(self, n: int, rows: int, swiglu: bool = False) -> int:
+        """vec4s of the split-K records for up to ``rows`` rows of C: every workgroup's accumulators
+        (``bm * bn`` values), ``splits`` per C tile."""
+        return self.splits * self.tiles(n, rows, swiglu) * self.bm * self.bn // 4
 
     def label(self, swiglu: bool = False) -> str:
         """The variant name: with ``swiglu``, the tile's columns are half gate, half up."""
@@ -96,16 +121,20 @@ class Tiling:
 
 
 def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
-                    swiglu: bool = False) -> Callable[[], object]:
+                    swiglu: bool = False, rows: int = 0) -> Callable[[], object]:
     """The builder of one ``Tiling`` (module docstring: layout, loads, pipelining); ``swiglu``:
-    ``C = silu(A W^T) * (A U^T)``, the tile's columns half W rows, half the same U rows."""
-    bm, bn, pm, pn, bk, stages = t.bm, t.bn, t.pm, t.pn, t.bk, t.stages
-    assert pm % 4 == 0 and pn % 4 == 0 and bk % 4 == 0 and k % bk == 0 and stages in (1, 2), t
-    assert not (swiglu and residual) and t.fits(k, swiglu), t
+    ``C = silu(A W^T) * (A U^T)``, the tile's columns half W rows, half the same U rows. ``rows``
+    (the prefill chunk: the most rows of C), when > 0: the kernel takes the split-K scratch and
+    counters (``P``, ``CNT``) as params, used by split-K tilings (module docstring) and ignored by
+    the others, so every variant of a kernel binds the same args."""
+    bm, bn, pm, pn, bk, stages, splits = t.bm, t.bn, t.pm, t.pn, t.bk, t.stages, t.splits
+    assert pm % 4 == 0 and pn % 4 == 0 and bk % 4 == 0 and stages in (1, 2), t
+    assert not (swiglu and residual) and t.fits(k, swiglu) and (splits == 1 or rows > 0), t
     tm, tn = bm // pm, bn // pn  # threads along M and N
     nt = tm * tn
-    bk4, k4, steps = bk // 4, k // 4, k // bk
+    bk4, k4, steps = bk // 4, k // 4, k // bk // splits  # steps: K slices per split
     qm, qn, pqm, pqn = bm // 4, bn // 4, pm // 4, pn // 4  # quads per tile / per thread
+    nacc = pm * pqn  # vec4 accumulators per thread
     na, nw = qm * bk4, qn * bk4  # 4x4 blocks per K slice, A then W: block ids [0, na + nw)
     assert qm % 8 == 0 and qn % 8 == 0 and na % 32 == 0, t  # whole warps on either side
     loads = (na + nw + nt - 1) // nt  # blocks per thread per slice
@@ -116,6 +145,18 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
     # workgroup (ob, in quads oq) and per thread (pqo quads) are half the tile's
     nwg, oq, pqo = (nw // 2, qn // 2, pqn // 2) if swiglu else (nw, qn, pqn)
     ob = oq * 4
+    nby = (n + ob - 1) // ob  # column tiles; blockIdx.y is (split, column tile)
+    tiles = t.tiles(n, rows, swiglu) if splits > 1 else 1
+    p_len, cnt_len = (t.scratch_vec4s(n, rows, swiglu), tiles) if splits > 1 else (1, 1)
+
+    def col_tile(y):
+        return y % nby if splits > 1 else y
+
+    def split_of(y):  # the workgroup's split of K: slices [split * steps, (split + 1) * steps)
+        return y // nby if splits > 1 else 0
+
+    def record(sk, tile, i, tid):  # accumulator i of thread tid in split sk's record of C tile `tile`
+        return ((sk * tiles + tile) * nacc + i) * nt + tid
 
     def quad(b):  # row quad of block b: lanes 8 apart in b are 8 quads apart...
         return b // (8 * bk4) * 8 + b % 8
@@ -189,17 +230,39 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
                 for j in T.unroll(pqn):
                     acc[i * pqn + j] = acc[i * pqn + j] + T.Broadcast(T.Shuffle([av[i // 4]], [i % 4]), 4) * wv[j]
 
+    @T.macro
+    def store(C, R, acc, seq, bx, cy, ty, tx):
+        """The thread's outputs (with the residual added) into C, rows past ``seq`` and columns past
+        N skipped."""
+        for i in T.unroll(pm):
+            for j in T.unroll(pqo):
+                if vec_out:
+                    if row(bx, ty, i) < seq and col(cy, tx, j) * 4 < n:
+                        if residual:
+                            C[row(bx, ty, i), col(cy, tx, j)] = result(acc, i, j) + R[row(bx, ty, i), col(cy, tx, j)]
+                        else:
+                            C[row(bx, ty, i), col(cy, tx, j)] = result(acc, i, j)
+                else:
+                    for c in T.unroll(4):
+                        if row(bx, ty, i) < seq and col(cy, tx, j) * 4 + c < n:
+                            if residual:
+                                C[row(bx, ty, i), col(cy, tx, j) * 4 + c] = T.Shuffle([result(acc, i, j)], [c]) + R[
+                                    row(bx, ty, i), col(cy, tx, j) * 4 + c]
+                            else:
+                                C[row(bx, ty, i), col(cy, tx, j) * 4 + c] = T.Shuffle([result(acc, i, j)], [c])
+
     @functools.cache  # parsing the script is most of the build time; a PrimFunc is immutable
     def build():
         @T.prim_func(private=True)
         def gemm(var_a: T.handle, W: T.Buffer((n, rw.units), dtype=rw.unit),
                  WS: T.Buffer((rw.scale_len,), "float16"), U: T.Buffer((n, rw.units), dtype=rw.unit),
-                 US: T.Buffer((rw.scale_len,), "float16"), var_r: T.handle, var_c: T.handle):
+                 US: T.Buffer((rw.scale_len,), "float16"), var_r: T.handle, P: T.Buffer((p_len,), "float32x4"),
+                 CNT: T.Buffer((cnt_len,), "int32"), var_c: T.handle):
             seq = T.int32()
             A = T.match_buffer(var_a, (seq, k4), "float32x4")
             R = T.match_buffer(var_r, (seq, cols), cdt)
             C = T.match_buffer(var_c, (seq, cols), cdt)
-            for by in T.thread_binding((n + ob - 1) // ob, thread="blockIdx.y"):
+            for by in T.thread_binding(nby * splits, thread="blockIdx.y"):
                 for bx in T.thread_binding((seq + bm - 1) // bm, thread="blockIdx.x"):
                     for ty in T.thread_binding(tm, thread="threadIdx.y"):
                         for tx in T.thread_binding(tn, thread="threadIdx.x"):
@@ -207,177 +270,115 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
                             w0 = T.alloc_buffer((bk, qn), "float32x4", scope="shared")
                             a1 = T.alloc_buffer((bk, qm), "float32x4", scope="shared")  # stages == 2 only
                             w1 = T.alloc_buffer((bk, qn), "float32x4", scope="shared")
-                            acc = T.alloc_buffer((pm * pqn,), "float32x4", scope="local")
+                            acc = T.alloc_buffer((nacc,), "float32x4", scope="local")
                             av = T.alloc_buffer((pqm,), "float32x4", scope="local")
                             wv = T.alloc_buffer((pqn,), "float32x4", scope="local")
                             pv = T.alloc_buffer((loads * 4,), "float32x4", scope="local")
-                            for i in T.unroll(pm * pqn):
+                            ticket = T.alloc_buffer((1,), "float32", scope="local")  # split-K only
+                            cy = T.meta_var(col_tile(by))
+                            k0 = T.meta_var(split_of(by) * steps)
+                            tid = T.meta_var(ty * tn + tx)
+                            for i in T.unroll(nacc):
                                 acc[i] = T.Broadcast(T.float32(0), 4)
-                            fetch(A, W, WS, U, US, pv, seq, bx, by, ty * tn + tx, 0)
+                            fetch(A, W, WS, U, US, pv, seq, bx, cy, tid, k0)
                             if stages == 1:
                                 for ko in range(steps):
-                                    stash(a0, w0, pv, ty * tn + tx)
+                                    stash(a0, w0, pv, tid)
                                     T.tvm_storage_sync("shared")
-                                    fetch(A, W, WS, U, US, pv, seq, bx, by, ty * tn + tx, T.min(ko + 1, steps - 1))
+                                    fetch(A, W, WS, U, US, pv, seq, bx, cy, tid, k0 + T.min(ko + 1, steps - 1))
                                     multiply(a0, w0, av, wv, acc, ty, tx)
                                     T.tvm_storage_sync("shared")
                             else:
                                 # slice s lives in buffer s % 2; its loads are in flight during slice s - 1
-                                stash(a0, w0, pv, ty * tn + tx)
+                                stash(a0, w0, pv, tid)
                                 T.tvm_storage_sync("shared")
                                 for kp in range(steps // 2):
-                                    fetch(A, W, WS, U, US, pv, seq, bx, by, ty * tn + tx, kp * 2 + 1)
+                                    fetch(A, W, WS, U, US, pv, seq, bx, cy, tid, k0 + kp * 2 + 1)
                                     multiply(a0, w0, av, wv, acc, ty, tx)
-                                    stash(a1, w1, pv, ty * tn + tx)
+                                    stash(a1, w1, pv, tid)
                                     T.tvm_storage_sync("shared")
-                                    fetch(A, W, WS, U, US, pv, seq, bx, by, ty * tn + tx, T.min(kp * 2 + 2, steps - 1))
+                                    fetch(A, W, WS, U, US, pv, seq, bx, cy, tid, k0 + T.min(kp * 2 + 2, steps - 1))
                                     multiply(a1, w1, av, wv, acc, ty, tx)
-                                    stash(a0, w0, pv, ty * tn + tx)
+                                    stash(a0, w0, pv, tid)
                                     T.tvm_storage_sync("shared")
                                 if steps % 2 == 1:
                                     multiply(a0, w0, av, wv, acc, ty, tx)
-                            for i in T.unroll(pm):
-                                for j in T.unroll(pqo):
-                                    if vec_out:
-                                        if row(bx, ty, i) < seq and col(by, tx, j) * 4 < n:
-                                            if residual:
-                                                C[row(bx, ty, i), col(by, tx, j)] = result(acc, i, j) + R[
-                                                    row(bx, ty, i), col(by, tx, j)]
-                                            else:
-                                                C[row(bx, ty, i), col(by, tx, j)] = result(acc, i, j)
-                                    else:
-                                        for c in T.unroll(4):
-                                            if row(bx, ty, i) < seq and col(by, tx, j) * 4 + c < n:
-                                                if residual:
-                                                    C[row(bx, ty, i), col(by, tx, j) * 4 + c] = T.Shuffle(
-                                                        [result(acc, i, j)], [c]) + R[
-                                                        row(bx, ty, i), col(by, tx, j) * 4 + c]
-                                                else:
-                                                    C[row(bx, ty, i), col(by, tx, j) * 4 + c] = T.Shuffle(
-                                                        [result(acc, i, j)], [c])
+                            if splits == 1:
+                                store(C, R, acc, seq, bx, cy, ty, tx)
+                            else:
+                                # the split's record, then the C tile's arrival (the fused attention
+                                # merge's pattern, module docstring): the last of its splits to arrive
+                                # sums the records in split order (the same sum whichever is last),
+                                # stores C and resets the counter. The ticket goes through a0 (free
+                                # now; a shared int would pass 32 KiB in the 128 x 128 bk 16 tiling)
+                                # as a float, and the branch on it holds no barrier
+                                for i in T.unroll(nacc):
+                                    P[record(split_of(by), bx * nby + cy, i, tid)] = acc[i]
+                                T.evaluate(T.call_extern("int32", "storageBarrier"))
+                                T.tvm_storage_sync("shared")
+                                if tid == 0:  # (a Broadcast of the call would repeat it per lane)
+                                    ticket[0] = T.Cast("float32", T.call_extern(
+                                        "int32", "atomicAdd", T.address_of(CNT[bx * nby + cy]), 1))
+                                    a0[0, 0] = T.Broadcast(ticket[0], 4)
+                                T.tvm_storage_sync("shared")
+                                T.evaluate(T.call_extern("int32", "storageBarrier"))
+                                ticket[0] = T.Shuffle([a0[0, 0]], [0])
+                                if ticket[0] == T.float32(splits - 1):
+                                    if tid == 0:
+                                        T.evaluate(T.call_extern("int32", "atomicStore",
+                                                                 T.address_of(CNT[bx * nby + cy]), 0))
+                                    for i in T.unroll(nacc):
+                                        acc[i] = P[record(0, bx * nby + cy, i, tid)]
+                                        for s2 in T.unroll(splits - 1):
+                                            acc[i] = acc[i] + P[record(s2 + 1, bx * nby + cy, i, tid)]
+                                    store(C, R, acc, seq, bx, cy, ty, tx)
 
         unused = {name for name, used in (("R", residual), ("WS", rw.quantized), ("U", swiglu),
-                                          ("US", swiglu and rw.quantized)) if not used}
+                                          ("US", swiglu and rw.quantized), ("P", rows > 0), ("CNT", rows > 0))
+                  if not used}
         return tirx.PrimFunc([p for p in gemm.params if p.name not in unused], gemm.body, gemm.ret_type, gemm.attrs)
 
     return build
 
 
-def gemm_func(n: int, k: int, wdtype: str, residual: bool, tile: int = 64, per: int = 4,
-              prefetch: bool = False) -> Callable[[], object]:
-    """The earlier dot-product tiling (vec4 along K in shared memory, ``acc += dot(a, w)``), kept
-    only as ``BASELINE``, the variant measured fastest before the outer family (4.4 / 8.7 TFLOP/s
-    on the H200): delete it once runtime.tune has shown the outer family beats it on every shape.
-    A ``tile x tile`` block of C per workgroup, ``per x per`` outputs per thread, ``prefetch``:
-    register double buffering of the next K slice."""
-    td = tile // per  # threads per dimension
-    nt = td * td  # threads per workgroup
-    bk = 32 if k % 32 == 0 and tile * per <= 256 else 16
-    bk4 = bk // 4
-    k4 = k // 4
-    steps = k // bk
-    loads = tile * bk4 // nt  # vec4 loads per thread per operand and step
-    rw = WeightRead(wdtype, n, k)
-
-    def build():
-        @T.prim_func(private=True)
-        def gemm(var_a: T.handle, W: T.Buffer((n, rw.units), dtype=rw.unit),
-                 WS: T.Buffer((rw.scale_len,), "float16"), var_r: T.handle, var_c: T.handle):
-            seq = T.int32()
-            A = T.match_buffer(var_a, (seq, k4), "float32x4")
-            R = T.match_buffer(var_r, (seq, n), "float32")
-            C = T.match_buffer(var_c, (seq, n), "float32")
-            for by in T.thread_binding((n + tile - 1) // tile, thread="blockIdx.y"):
-                for bx in T.thread_binding((seq + tile - 1) // tile, thread="blockIdx.x"):
-                    for ty in T.thread_binding(td, thread="threadIdx.y"):
-                        for tx in T.thread_binding(td, thread="threadIdx.x"):
-                            # k-major tiles: thread (ty, tx) reads rows ty + td i of A and tx + td j of W,
-                            # so a warp reads consecutive vec4s (no shared-memory bank conflicts)
-                            a_sh = T.alloc_buffer((bk4, tile), "float32x4", scope="shared")
-                            w_sh = T.alloc_buffer((bk4, tile), "float32x4", scope="shared")
-                            acc = T.alloc_buffer((per * per,), "float32", scope="local")
-                            av = T.alloc_buffer((per,), "float32x4", scope="local")
-                            wv = T.alloc_buffer((per,), "float32x4", scope="local")
-                            pa = T.alloc_buffer((loads,), "float32x4", scope="local")  # the next K slice
-                            pw = T.alloc_buffer((loads,), "float32x4", scope="local")
-                            for i in T.unroll(per * per):
-                                acc[i] = T.float32(0)
-                            if prefetch:
-                                for l in T.unroll(loads):
-                                    pa[l] = A[T.min(bx * tile + (l * nt + ty * td + tx) // bk4, seq - 1),
-                                              (l * nt + ty * td + tx) % bk4]
-                                    pw[l] = rw.vec4(W, WS, T.min(by * tile + (l * nt + ty * td + tx) // bk4, n - 1),
-                                                    (l * nt + ty * td + tx) % bk4)
-                            for ko in range(steps):
-                                for l in T.unroll(loads):
-                                    if prefetch:
-                                        a_sh[(l * nt + ty * td + tx) % bk4, (l * nt + ty * td + tx) // bk4] = pa[l]
-                                        w_sh[(l * nt + ty * td + tx) % bk4, (l * nt + ty * td + tx) // bk4] = pw[l]
-                                    else:
-                                        a_sh[(l * nt + ty * td + tx) % bk4, (l * nt + ty * td + tx) // bk4] = A[
-                                            T.min(bx * tile + (l * nt + ty * td + tx) // bk4, seq - 1),
-                                            ko * bk4 + (l * nt + ty * td + tx) % bk4]
-                                        w_sh[(l * nt + ty * td + tx) % bk4, (l * nt + ty * td + tx) // bk4] = rw.vec4(
-                                            W, WS, T.min(by * tile + (l * nt + ty * td + tx) // bk4, n - 1),
-                                            ko * bk4 + (l * nt + ty * td + tx) % bk4)
-                                T.tvm_storage_sync("shared")
-                                if prefetch:
-                                    # the next slice's loads are in flight while this one is multiplied
-                                    for l in T.unroll(loads):
-                                        pa[l] = A[T.min(bx * tile + (l * nt + ty * td + tx) // bk4, seq - 1),
-                                                  T.min(ko + 1, steps - 1) * bk4 + (l * nt + ty * td + tx) % bk4]
-                                        pw[l] = rw.vec4(W, WS, T.min(by * tile + (l * nt + ty * td + tx) // bk4, n - 1),
-                                                        T.min(ko + 1, steps - 1) * bk4 + (l * nt + ty * td + tx) % bk4)
-                                for kk in T.unroll(bk4):
-                                    for i in T.unroll(per):
-                                        av[i] = a_sh[kk, ty + td * i]
-                                        wv[i] = w_sh[kk, tx + td * i]
-                                    for i in T.unroll(per):
-                                        for j in T.unroll(per):
-                                            acc[i * per + j] = acc[i * per + j] + T.call_pure_extern(
-                                                "float32", "dot", av[i], wv[j])
-                                T.tvm_storage_sync("shared")
-                            for i in T.unroll(per):
-                                for j in T.unroll(per):
-                                    if bx * tile + ty + td * i < seq and by * tile + tx + td * j < n:
-                                        if residual:
-                                            C[bx * tile + ty + td * i, by * tile + tx + td * j] = acc[i * per + j] + R[
-                                                bx * tile + ty + td * i, by * tile + tx + td * j]
-                                        else:
-                                            C[bx * tile + ty + td * i, by * tile + tx + td * j] = acc[i * per + j]
-
-        unused = {name for name, used in (("R", residual), ("WS", rw.quantized)) if not used}
-        return tirx.PrimFunc([p for p in gemm.params if p.name not in unused], gemm.body, gemm.ret_type, gemm.attrs)
-
-    return build
-
-
-# (tile, outputs per thread, prefetch) of the dot-product baseline (see gemm_func)
-BASELINE = (64, 4, True)
-
-# The outer family runtime.tune chooses from. At a 512-row prefill chunk the grid is
-# 512 / bm x N / bn workgroups on the card's ~132 SMs, so smaller tiles win at small N (the 0.6B
-# shapes) and 128 x 128 at large N; per thread 8 x 8 halves the shared reads per FMA of 4 x 4.
+# The outer family runtime.tune chooses from, the default (what an untuned module runs) first: at a
+# 512-row prefill chunk the grid is 512 / bm x N / bn workgroups on the card's ~132 SMs, so smaller
+# tiles win at small N (every 0.6B shape: 64 x 64, 4 x 4 per thread) and 128 x 128 at large N; per
+# thread 8 x 8 halves the shared reads per FMA of 4 x 4. The split-K tilings give the large tiles
+# the workgroups small N denies them (module docstring).
 TILINGS = (
+    Tiling(64, 64, 4, 4, 32, 2),  # 256 threads, 32 KiB: 4x the workgroups of 128 x 128
     Tiling(128, 128, 8, 8, 16, 2),  # 256 threads, 32 KiB: the hand-written probe's shape, double-buffered
     Tiling(128, 128, 8, 8, 8, 2),  # 16 KiB; the unrolled pair of slices is half the code (instruction cache)
     Tiling(128, 128, 8, 8, 16, 1),  # the probe's own schedule plus register prefetch: two barriers per slice
     Tiling(128, 64, 8, 8, 16, 2),  # 128 threads, 24 KiB: twice the workgroups of 128 x 128
     Tiling(64, 128, 8, 8, 16, 2),
-    Tiling(64, 64, 8, 8, 16, 2),  # 64 threads, 16 KiB: 4x the workgroups of 128 x 128 at the same work per FMA
-    Tiling(64, 64, 4, 4, 32, 2),  # 256 threads, 32 KiB: the same grid with more threads (more latency hidden)
+    Tiling(64, 64, 8, 8, 16, 2),  # 64 threads, 16 KiB: the 64 x 64 grid with 8 x 8 per thread
+    Tiling(128, 128, 8, 8, 16, 2, 2),
+    Tiling(128, 128, 8, 8, 16, 2, 4),
+    Tiling(128, 64, 8, 8, 16, 2, 2),
 )
 
 
-def schedules(n: int, k: int, wdtype: str, residual: bool,
-              swiglu: bool = False) -> list[tuple[str, Callable[[], object]]]:
-    """Every tiling as a named variant: the first (the baseline, so an untuned module runs what it
-    ran before) is built by default, the tuner picks among all. ``swiglu`` (``C = silu(A W^T) *
-    (A U^T)``): the outer tilings that fit it (``Tiling.fits``), the first (128 x 128, 8 x 8 per
-    thread, double-buffered) by default; the baseline has no such mode."""
-    if swiglu:
-        return [(t.label(True), outer_gemm_func(n, k, wdtype, residual, t, True)) for t in TILINGS if t.fits(k, True)]
-    tile, per, pf = BASELINE
-    out = [(f"tiled-gemm({tile}x{tile} tile, {per}x{per} per thread{', prefetch' if pf else ''})",
-            gemm_func(n, k, wdtype, residual, tile, per, pf))]
-    return out + [(t.label(), outer_gemm_func(n, k, wdtype, residual, t)) for t in TILINGS if t.fits(k)]
+def scratch_args(n: int, k: int, rows: int, swiglu: bool = False) -> list[str]:
+    """The runtime constants a weight GEMM of N=``n``, K=``k`` over up to ``rows`` rows (``swiglu``:
+    the SwiGLU GEMM of two such weights) binds for its split-K tilings (none if no such tiling
+    divides K): the partial records (float32, sized for the
+    largest) and the arrival counters (int32 zeros, one per C tile; every kernel leaves them at
+    zero, so GEMMs of one size share them, as they share the records: one dispatch runs at a time).
+    The runtime allocates them only if the tuner's choice binds them."""
+    split = [t for t in TILINGS if t.splits > 1 and t.fits(k, swiglu)]
+    if not split:
+        return []
+    return [f"const:scratch:{max(t.scratch_vec4s(n, rows, swiglu) for t in split)}x4",
+            f"const:counters:{max(t.tiles(n, rows, swiglu) for t in split)}x1"]
+
+
+def schedules(n: int, k: int, wdtype: str, residual: bool, swiglu: bool = False,
+              rows: int = 0) -> list[tuple[str, Callable[[], object]]]:
+    """Every tiling that fits as a named variant, the first built by default, the tuner picks among
+    all. ``swiglu`` (``C = silu(A W^T) * (A U^T)``): the tilings that fit it (``Tiling.fits``).
+    ``rows`` > 0 (the prefill chunk): the split-K tilings too, every variant then taking
+    ``scratch_args``' two buffers."""
+    return [(t.label(swiglu), outer_gemm_func(n, k, wdtype, residual, t, swiglu, rows))
+            for t in TILINGS if t.fits(k, swiglu) and (t.splits == 1 or rows > 0)]

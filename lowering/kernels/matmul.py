@@ -39,10 +39,14 @@ def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     key = f"matmul_w:{shape_key(a)}x{shape_key(w)}" + (":res" if res is not None else "")
     moved = [a, w, node] + ([res] if res is not None else [])
     args = [a.name, *weight_args(w), *node.inputs[2:]]
-    spec = KernelSpec(key, node.attrs["kernel_class"], build, [*args, node.name], [len(args)],
+    tiled = node.attrs["kernel_class"] == "gemm" and gemm.supports(K)
+    scratch = gemm.scratch_args(w.shape[0], K, opts.prefill_chunk) if tiled and opts.tuning_candidates else []
+    spec = KernelSpec(key + (":splitk" if scratch else ""), node.attrs["kernel_class"], build,
+                      [*args, *scratch, node.name], [len(args) + len(scratch)],
                       flops=f"2*{numel_expr(node.shape, ctx)}*{K}", bytes=bytes_expr(moved, ctx))
-    if spec.kclass == "gemm" and gemm.supports(K):
-        spec.variants = gemm.schedules(w.shape[0], K, w.dtype, res is not None)
+    if tiled:
+        spec.variants = gemm.schedules(w.shape[0], K, w.dtype, res is not None,
+                                       rows=opts.prefill_chunk if scratch else 0)
     if spec.kclass == "gemv" and a.shape[0] == 1 and K % 4 == 0:
         spec.variants = gemv.schedules(w.shape[0], K, w.dtype, res is not None)
     return spec
@@ -54,10 +58,12 @@ def fused_gemm(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     with ``swiglu``; ``lowering.fuse_prefill_swiglu``). Its cost counts both weights' GEMMs."""
     a, w, u = (g[i] for i in node.inputs)
     n, K = w.shape
-    variants = gemm.schedules(n, K, w.dtype, False, swiglu=True)
-    args = [a.name, *weight_args(w), *weight_args(u)]
-    return KernelSpec(f"fused_gemm:swiglu:{shape_key(a)}x{shape_key(w)}", "gemm", variants[0][1], [*args, node.name],
-                      [len(args)], flops=f"4*{numel_expr(node.shape, opts.max_context)}*{K}",
+    scratch = gemm.scratch_args(n, K, opts.prefill_chunk, swiglu=True) if opts.tuning_candidates else []
+    variants = gemm.schedules(n, K, w.dtype, False, swiglu=True, rows=opts.prefill_chunk if scratch else 0)
+    args = [a.name, *weight_args(w), *weight_args(u), *scratch]
+    return KernelSpec(f"fused_gemm:swiglu:{shape_key(a)}x{shape_key(w)}" + (":splitk" if scratch else ""), "gemm",
+                      variants[0][1], [*args, node.name], [len(args)],
+                      flops=f"4*{numel_expr(node.shape, opts.max_context)}*{K}",
                       bytes=bytes_expr([a, w, u, node], opts.max_context), variants=variants)
 
 

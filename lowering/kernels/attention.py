@@ -25,7 +25,10 @@ rescaling either by ``attention_combine`` (a second, tiny kernel: one workgroup 
 fused (``lowering.fuse_attention_combine``), by the last workgroup of each kv head to finish: each
 workgroup fences its records (``storageBarrier()``: naga emits a device-scope acquire-release
 barrier on storage memory) and takes a ticket from an atomic counter per kv head; the one holding
-the last ticket merges its group's heads and resets the counter. A dispatch fewer per layer: at
+the last ticket merges its group's heads and resets the counter (with threads to spare, up to
+``MERGE_PARTS`` threads per (head, vec4 lane) pair each merge a consecutive share of the records
+and their states meet in shared memory: at the 0.6B shape, 2 heads x 32 lanes on 128 threads,
+the merge of 64 records is two chains of 4 groups instead of one of 8). A dispatch fewer per layer: at
 short context the combine's launch and round trips cost as much as the attention itself (H200,
 4B: 34 + 22 us per layer inside the decode step; fused: 32 us, and decode 272 vs 266 tok/s at 4B,
 764 vs 703 at 0.6B, RESULTS.md). What it rests on: the records are plain stores, naga declares
@@ -68,34 +71,36 @@ def _flushed_exp(x):
 
 
 MERGE_UNROLL = 8  # split records whose loads a merge issues together
+MERGE_PARTS = 4  # the most threads of a fused merge that share one (head, lane) pair's records
 
 
 @T.macro
-def _merge_splits(P, OUT, h, lane, n, groups, hd4: int, mv, mrg, oacc, nb):
-    """Merge head ``h``'s first ``n`` split records of ``P`` [heads, slots, hd4 + 2] (vec4s) into
-    vec4 lane ``lane`` of ``OUT`` [1, heads, 1, hd4]: ``M = max m_s``, ``w_s = exp(m_s - M)``,
-    ``out = sum w_s o_s / sum w_s l_s``. Records go in groups of ``MERGE_UNROLL`` (unrolled: their
-    loads in flight at once; a loop of one record at a time waited for each, ~20 us per layer on an
-    H200), with the running max and sums rescaled between groups, so only the step's splits are
-    read (3 at context 135 with the default unit, not every slot). The stats (stored broadcast over
-    a vec4) are kept as scalars: the fused form runs inside the attention kernel, whose occupancy
-    follows its register peak. ``groups``: the group count, ``ceil(n / MERGE_UNROLL)`` from a value
+def _merge_splits(P, h, lane, lo, hi, groups, hd4: int, mv, mrg, oacc, nb):
+    """Merge head ``h``'s split records ``lo .. hi - 1`` of ``P`` [heads, slots, hd4 + 2] (vec4s),
+    vec4 lane ``lane``: ``M = max m_s``, ``w_s = exp(m_s - M)``, leaving ``M`` in ``mrg[0]``,
+    ``sum w_s l_s`` in ``mrg[3]`` and ``sum w_s o_s`` in ``oacc[0]`` (the output is their
+    quotient). Records go in groups of ``MERGE_UNROLL`` (unrolled: their loads in flight at once; a
+    loop of one record at a time waited for each, ~20 us per layer on an H200), with the running
+    max and sums rescaled between groups, so only the step's splits are read (3 at context 135
+    with the default unit, not every slot). The stats (stored broadcast over a vec4) are kept as
+    scalars: the fused form runs inside the attention kernel, whose occupancy follows its register
+    peak. ``groups``: the group count, at least ``ceil((hi - lo) / MERGE_UNROLL)``, from a value
     that is no function of the uniforms alone (a loop bound computed from ``total`` alone is the
     lavapipe recompilation trap, DESIGN.md, and TVM's codegen folds away ``opaque_loop_extents``'
-    guard on this one), or a constant covering every slot. A group's slots past ``n`` read slot
-    ``n - 1`` again (cached) and get the empty max through WGSL's ``select`` (weight 0; TVM turns
-    its own Select around a load into a branch, here on uniform values alone). Local buffers:
-    ``mv`` float32 [MERGE_UNROLL], ``mrg`` float32 [4] (running max, new max, scale, sum),
-    ``oacc`` float32x4 [1], ``nb`` int32 [1] (``n``, computed once: a division by the run-time
-    chunk)."""
-    nb[0] = n
+    guard on this one), or a constant covering every slot. A group's slots past ``hi`` read slot
+    ``hi - 1`` again (cached) and get the empty max through WGSL's ``select`` (weight 0; TVM turns
+    its own Select around a load into a branch, here on uniform values alone); an empty range
+    leaves the empty max and zero sums. Local buffers: ``mv`` float32 [MERGE_UNROLL], ``mrg``
+    float32 [4] (running max, new max, scale, sum), ``oacc`` float32x4 [1], ``nb`` int32 [1]
+    (``hi``, computed once: a division by the run-time chunk)."""
+    nb[0] = hi
     mrg[0] = T.float32(EMPTY_MAX)
     mrg[3] = T.float32(0)
     oacc[0] = T.Broadcast(T.float32(0), 4)
     for c in range(groups):
         for u in T.unroll(MERGE_UNROLL):
             mv[u] = T.call_pure_extern("float32", "select", T.float32(EMPTY_MAX), T.Shuffle(
-                [P[h, T.min(c * MERGE_UNROLL + u, nb[0] - 1), hd4]], [0]), c * MERGE_UNROLL + u < nb[0])
+                [P[h, T.min(lo + c * MERGE_UNROLL + u, nb[0] - 1), hd4]], [0]), lo + c * MERGE_UNROLL + u < nb[0])
         mrg[1] = mrg[0]
         for u in T.unroll(MERGE_UNROLL):
             mrg[1] = T.max(mrg[1], mv[u])
@@ -104,10 +109,9 @@ def _merge_splits(P, OUT, h, lane, n, groups, hd4: int, mv, mrg, oacc, nb):
         mrg[3] = mrg[3] * mrg[2]
         for u in T.unroll(MERGE_UNROLL):
             mrg[2] = T.exp(mv[u] - mrg[1])
-            oacc[0] = oacc[0] + P[h, T.min(c * MERGE_UNROLL + u, nb[0] - 1), lane] * T.Broadcast(mrg[2], 4)
-            mrg[3] = mrg[3] + T.Shuffle([P[h, T.min(c * MERGE_UNROLL + u, nb[0] - 1), hd4 + 1]], [0]) * mrg[2]
+            oacc[0] = oacc[0] + P[h, T.min(lo + c * MERGE_UNROLL + u, nb[0] - 1), lane] * T.Broadcast(mrg[2], 4)
+            mrg[3] = mrg[3] + T.Shuffle([P[h, T.min(lo + c * MERGE_UNROLL + u, nb[0] - 1), hd4 + 1]], [0]) * mrg[2]
         mrg[0] = mrg[1]
-    OUT[0, h, 0, lane] = oacc[0] / T.Broadcast(mrg[3], 4)
 
 
 def supports(head_dim: int, group: int = 1, k_write: bool = False) -> bool:
@@ -190,6 +194,9 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
     rec = hd4 + SPLIT_STATS // 4  # vec4s of one split's record
     out_shape = (1, nh, 1, hd4) if final else (nh, smax, rec)
     pairs = group * hd4  # fused combine: (head of the group, vec4 lane) pairs, one per thread per step
+    # fused combine: threads per pair when the workgroup has several per pair, each merging a share
+    # of the records (their states meet in o_sh and two rows of red)
+    parts = min(MERGE_PARTS, threads // pairs) if rows >= 2 else 1
     neg = EMPTY_MAX  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
 
     @T.prim_func(private=True)
@@ -351,13 +358,40 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
                             T.evaluate(T.call_extern("int32", "storageBarrier"))
                             if tx == 0:
                                 T.evaluate(T.call_extern("int32", "atomicStore", T.address_of(CNT[kh]), 0))
-                            for pj in T.unroll((pairs + threads - 1) // threads):  # (head, lane) pairs
-                                if pairs % threads == 0 or pj * threads + tx < pairs:
-                                    # groups from the last ticket (= the split count - 1): no function of
-                                    # the uniforms alone
-                                    _merge_splits(O, OUT, kh * group + (pj * threads + tx) // hd4,
-                                                  (pj * threads + tx) % hd4, nsplit,
-                                                  (ticket[0] + MERGE_UNROLL) // MERGE_UNROLL, hd4, mv, mrg, oacc, nb)
+                            if parts == 1:
+                                for pj in T.unroll((pairs + threads - 1) // threads):  # (head, lane) pairs
+                                    if pairs % threads == 0 or pj * threads + tx < pairs:
+                                        # groups from the last ticket (= the split count - 1): no
+                                        # function of the uniforms alone
+                                        _merge_splits(O, kh * group + (pj * threads + tx) // hd4,
+                                                      (pj * threads + tx) % hd4, 0, nsplit,
+                                                      (ticket[0] + MERGE_UNROLL) // MERGE_UNROLL, hd4, mv, mrg, oacc,
+                                                      nb)
+                                        OUT[0, kh * group + (pj * threads + tx) // hd4, 0,
+                                            (pj * threads + tx) % hd4] = oacc[0] / T.Broadcast(mrg[3], 4)
+                            else:
+                                # `parts` threads per (head, lane) pair, each merging a consecutive
+                                # share of the records; part 0 merges the parts' states
+                                if tx < parts * pairs:
+                                    _merge_splits(O, kh * group + tx % pairs // hd4, tx % hd4,
+                                                  tx // pairs * ((ticket[0] + parts) // parts),
+                                                  T.min(nsplit, (tx // pairs + 1) * ((ticket[0] + parts) // parts)),
+                                                  ((ticket[0] + parts) // parts + MERGE_UNROLL - 1) // MERGE_UNROLL,
+                                                  hd4, mv, mrg, oacc, nb)
+                                    o_sh[tx] = oacc[0]
+                                    red[0, tx] = mrg[0]
+                                    red[1, tx] = mrg[3]
+                                T.tvm_storage_sync("shared")
+                                if tx < pairs:
+                                    for p2 in T.unroll(parts - 1):  # part p2 + 1's state
+                                        mrg[1] = T.max(mrg[0], red[0, (p2 + 1) * pairs + tx])
+                                        mrg[2] = T.exp(mrg[0] - mrg[1])
+                                        tmp[0] = T.exp(red[0, (p2 + 1) * pairs + tx] - mrg[1])
+                                        oacc[0] = (oacc[0] * T.Broadcast(mrg[2], 4)
+                                                   + o_sh[(p2 + 1) * pairs + tx] * T.Broadcast(tmp[0], 4))
+                                        mrg[3] = mrg[3] * mrg[2] + red[1, (p2 + 1) * pairs + tx] * tmp[0]
+                                        mrg[0] = mrg[1]
+                                    OUT[0, kh * group + tx // hd4, 0, tx % hd4] = oacc[0] / T.Broadcast(mrg[3], 4)
 
     # params a form never reads are dropped (each param is a binding): the q prologue's, the K write's,
     # the fused combine's
@@ -383,8 +417,9 @@ def _combine_func(nh: int, hd: int, unit: int, smax: int):
                 nb = T.alloc_buffer((1,), "int32", scope="local")
                 # every slot's group (a constant count: no loop bound from the uniforms alone),
                 # the ones past the step's splits re-reading its last record, weighted 0
-                _merge_splits(P, O, h, tx, attention_split(total, unit, smax)[1],
+                _merge_splits(P, h, tx, 0, attention_split(total, unit, smax)[1],
                               (smax + MERGE_UNROLL - 1) // MERGE_UNROLL, hd4, mv, mrg, oacc, nb)
+                O[0, h, 0, tx] = oacc[0] / T.Broadcast(mrg[3], 4)
 
     return combine
 

@@ -14,10 +14,12 @@ diagonal are never visited. Per tile:
 
 1. K tile -> shared, converted from the cache dtype (f16) to f32 once (vec4 loads, coalesced);
 2. scores: each thread holds one row's q in registers (scaled on load) and dots it with
-   ``bk / (threads / rows)`` staged K rows (a warp reads one K row: a broadcast); causal and
-   ``total`` masks; the scores go to a small shared ``[bk, rows]`` tile;
-3. online softmax: thread ``r < rows`` owns row ``r``'s running max and sum, rescales, writes the
-   tile's exp weights back in place and the rescale factor ``alpha``; meanwhile every thread
+   ``cpt = bk / (threads / rows)`` staged K rows (a warp reads one K row: a broadcast); causal and
+   ``total`` masks; the scores stay in its registers, their max goes to shared memory;
+3. online softmax, spread over all threads: each of a row's ``threads / rows`` threads takes the
+   row's new max from the others' (all compute the same), writes its columns' exp weights and
+   their sum to shared memory and keeps the running max and sum itself (not one thread per row
+   walking the whole tile: then one warp in four works); meanwhile every thread
    stages the V tile into the buffer K used (K is dead after step 2's barrier);
 4. PV: each thread owns ``rows / (threads / hd4)`` rows of one vec4 lane of the output in f32
    registers: ``acc = acc * alpha + sum_j p_j v_j`` (consecutive threads: consecutive lanes of
@@ -91,9 +93,9 @@ def _stage_tile(kv_sh, src, kh, c, total, tx, loads: int, threads: int, hd4: int
                 src, kh, c * bk + (it * threads + tx) // hd4, (it * threads + tx) % hd4, total)
 
 
-def _shared_bytes(hd: int, rows: int, bk: int) -> int:
-    # the K/V tile (f32), the score and weight tiles, alpha and the final sums
-    return 4 * (bk * hd + 2 * bk * rows + 2 * rows)
+def _shared_bytes(hd: int, rows: int, bk: int, threads: int) -> int:
+    # the K/V tile (f32), the weight tile, the column groups' maxima and sums, alpha
+    return 4 * (bk * hd + bk * rows + 2 * threads + rows)
 
 
 def tiling(hd: int, group: int, rows: int, bk: int, threads: int) -> Tiling | None:
@@ -104,7 +106,7 @@ def tiling(hd: int, group: int, rows: int, bk: int, threads: int) -> Tiling | No
     hd4 = hd // 4
     if hd % 4 or hd > MAX_HEAD_DIM or threads % rows or bk % (threads // rows) or threads % hd4:
         return None
-    if threads < rows or _shared_bytes(hd, rows, bk) > SHARED_BYTES:
+    if threads < rows or _shared_bytes(hd, rows, bk, threads) > SHARED_BYTES:
         return None
     heads = max(d for d in range(1, group + 1) if group % d == 0 and rows % d == 0 and (rows // d >= 4 or d == 1))
     return Tiling(rows, bk, threads, heads, rows // heads)
@@ -153,10 +155,10 @@ def prefill_attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, k
             for by in T.thread_binding(nh // heads, thread="blockIdx.y"):
                 for tx in T.thread_binding(threads, thread="threadIdx.x"):
                     kv_sh = T.alloc_buffer((bk, hd4), "float32x4", scope="shared")  # K, then V, of one tile
-                    s_sh = T.alloc_buffer((bk, rows), "float32", scope="shared")  # scores
-                    p_sh = T.alloc_buffer((bk, rows), "float32", scope="shared")  # their exp weights
+                    p_sh = T.alloc_buffer((bk, rows), "float32", scope="shared")  # the tile's exp weights
+                    m_sh = T.alloc_buffer((cols, rows), "float32", scope="shared")  # per column group: tile max,
+                    l_sh = T.alloc_buffer((cols, rows), "float32", scope="shared")  # and sum of weights
                     alpha = T.alloc_buffer((rows,), "float32", scope="shared")
-                    l_sh = T.alloc_buffer((rows,), "float32", scope="shared")
                     qv = T.alloc_buffer((hd4,), "float32x4", scope="local")
                     sc = T.alloc_buffer((cpt,), "float32", scope="local")
                     acc = T.alloc_buffer((rpt,), "float32x4", scope="local")
@@ -197,7 +199,8 @@ def prefill_attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, k
                         # 1. K tile -> shared (f32); positions past total read as 0
                         _stage_tile(kv_sh, K, kh, c, total, tx, loads, threads, hd4, bk, exact_loads)
                         T.tvm_storage_sync("shared")
-                        # 2. scores of row r against columns tx // rows + cols * b, masked
+                        # 2. scores of row r against columns tx // rows + cols * b, masked; their max
+                        st[2] = st[0]
                         for b in T.unroll(cpt):
                             sc[b] = T.float32(0)
                         for d in T.unroll(hd4):
@@ -205,26 +208,31 @@ def prefill_attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, k
                                 sc[b] = sc[b] + T.call_pure_extern("float32", "dot", qv[d],
                                                                    kv_sh[tx // rows + cols * b, d])
                         for b in T.unroll(cpt):
-                            s_sh[tx // rows + cols * b, r] = T.if_then_else(
-                                c * bk + tx // rows + cols * b <= past + qi, sc[b], T.float32(neg))
+                            sc[b] = T.if_then_else(c * bk + tx // rows + cols * b <= past + qi, sc[b], T.float32(neg))
+                            st[2] = T.max(st[2], sc[b])
+                        m_sh[tx // rows, r] = st[2]
                         T.tvm_storage_sync("shared")
-                        # 3. online softmax, one thread per row; everyone stages the V tile meanwhile
+                        # 3. online softmax: the row's new max from its column groups' (each of the
+                        # row's threads computes the same), the weights of this thread's columns and
+                        # their sum; everyone stages the V tile meanwhile (K is dead)
+                        for g2 in T.unroll(cols):
+                            st[2] = T.max(st[2], m_sh[g2, r])
+                        st[3] = T.float32(0)
+                        for b in T.unroll(cpt):
+                            e[0] = _flushed_exp(sc[b] - st[2])
+                            p_sh[tx // rows + cols * b, r] = e[0]
+                            st[3] = st[3] + e[0]
+                        l_sh[tx // rows, r] = st[3]
+                        e[0] = _flushed_exp(st[0] - st[2])
                         if tx < rows:
-                            st[2] = st[0]
-                            for j in T.unroll(bk):
-                                st[2] = T.max(st[2], s_sh[j, tx])
-                            st[3] = T.float32(0)
-                            for j in T.unroll(bk):
-                                e[0] = _flushed_exp(s_sh[j, tx] - st[2])
-                                p_sh[j, tx] = e[0]
-                                st[3] = st[3] + e[0]
-                            e[0] = _flushed_exp(st[0] - st[2])
                             alpha[tx] = e[0]
-                            st[1] = st[1] * e[0] + st[3]
-                            st[0] = st[2]
+                        st[1] = st[1] * e[0]
+                        st[0] = st[2]
                         _stage_tile(kv_sh, V, kh, c, total, tx, loads, threads, hd4, bk, exact_loads)
                         T.tvm_storage_sync("shared")
-                        # 4. PV: rows tx // hd4 + rgs * a, lane tx % hd4
+                        # 4. PV: rows tx // hd4 + rgs * a, lane tx % hd4; the running sum of row r
+                        for g2 in T.unroll(cols):
+                            st[1] = st[1] + l_sh[g2, r]
                         for a in T.unroll(rpt):
                             if rows % rgs == 0 or tx // hd4 + rgs * a < rows:
                                 acc[a] = acc[a] * T.Broadcast(alpha[tx // hd4 + rgs * a], 4)
@@ -232,14 +240,14 @@ def prefill_attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, k
                                     acc[a] = acc[a] + T.Broadcast(p_sh[j, tx // hd4 + rgs * a], 4) * kv_sh[j, tx % hd4]
                         T.tvm_storage_sync("shared")
                     if tx < rows:
-                        l_sh[tx] = st[1]
+                        alpha[tx] = st[1]  # the row's sum of weights
                     T.tvm_storage_sync("shared")
                     for a in T.unroll(rpt):
                         if rows % rgs == 0 or tx // hd4 + rgs * a < rows:
                             if bx * queries + (tx // hd4 + rgs * a) % queries < seq:
-                                    O[bx * queries + (tx // hd4 + rgs * a) % queries,
+                                O[bx * queries + (tx // hd4 + rgs * a) % queries,
                                   by * heads + (tx // hd4 + rgs * a) // queries,
-                                  tx % hd4] = acc[a] / T.Broadcast(l_sh[tx // hd4 + rgs * a], 4)
+                                  tx % hd4] = acc[a] / T.Broadcast(alpha[tx // hd4 + rgs * a], 4)
 
     if prologue:
         return prefill_attention

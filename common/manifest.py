@@ -116,10 +116,11 @@ class Plan:
         """Byte size of each dispatch arg at these scalars (benchmarks allocate stand-ins). A
         ``const:...:<rows>x<cols>`` arg is a table of 4-byte values the runtime makes (``runtime.constants``)."""
         dims = {"seq": seq, "total": total, "ctx": ctx}
-        return [_const_nbytes(a) if a.startswith("const:") else self.tensors[a].nbytes(dims) for a in args]
+        return [const_nbytes(a) if a.startswith("const:") else self.tensors[a].nbytes(dims) for a in args]
 
 
-def _const_nbytes(name: str) -> int:
+def const_nbytes(name: str) -> int:
+    """Bytes of a ``const:...:<rows>x<cols>`` runtime constant (4-byte values, ``runtime.constants``)."""
     rows, cols = (int(x) for x in name.rsplit(":", 1)[1].split("x"))
     return 4 * rows * cols
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import UserError
-from common.manifest import Dispatch, Plan, WeightSpec
+from common.manifest import Dispatch, Plan, WeightSpec, const_nbytes
 from common.progress import Progress
 from common.weight_format import FORMATS, encode
 from frontend.checkpoint import WeightStore
@@ -33,6 +33,7 @@ from runtime.launches import LaunchTable
 from runtime.weight_cache import load as load_packed
 
 # what the GPU memory of a loaded model is spent on (bench.py reports each)
+SCRATCH = "const:scratch:"  # split-K GEMM records (lowering.kernels.gemm.scratch_args)
 MEMORY_CLASSES = ("weights", "kv", "activations", "constants", "staging")
 UPLOAD_FLUSH_BYTES = 256 << 20
 # Share of a step's dispatches submitted before the rest is encoded (see Executor._encode).
@@ -177,19 +178,25 @@ class Executor:
             return self.ids
         return slots[t.slot]
 
-    def _bound(self, plan: Plan, slots: list[Any], args: list[str], prog: KernelProgram) -> list[Any]:
+    def _bound(self, plan: Plan, slots: list[Any], args: list[str], prog: KernelProgram,
+               scratch: str | None) -> list[Any]:
         """A dispatch's buffers per arg; ``None`` for args the kernel does not bind (a GEMM schedule
-        other than split-K leaves the split-K scratch unbound, and it is then never allocated)."""
+        other than split-K leaves the split-K scratch unbound, and it is then never allocated).
+        Every split-K record arg gets ``scratch``, the phase's largest (the GEMMs run one at a time
+        and read only the records they wrote)."""
         used = {b.arg for b in prog.bindings}
-        return [self._resolve(plan, slots, a) if i in used else None for i, a in enumerate(args)]
+        return [None if i not in used else self._resolve(plan, slots, scratch if a.startswith(SCRATCH) else a)
+                for i, a in enumerate(args)]
 
     def _prepare(self, phase: str) -> _Phase:
         plan = self.module.manifest.phases[phase]
         slots = [self._buffer(size, f"{phase}.slot{i}", kind="activations") for i, size in enumerate(plan.slots)]
         align = max(POD_BYTES, self.dev.limits.get("min-uniform-buffer-offset-alignment", 256))
         logits = self._resolve(plan, slots, plan.outputs["logits"])
-        launches = [(self.programs[d.kernel], self._bound(plan, slots, d.args, self.programs[d.kernel]))
-                    for d in plan.dispatches]
+        bound = [(d, self.programs[d.kernel]) for d in plan.dispatches]
+        records = [d.args[b.arg] for d, prog in bound for b in prog.bindings if d.args[b.arg].startswith(SCRATCH)]
+        scratch = max(records, key=const_nbytes, default=None)
+        launches = [(prog, self._bound(plan, slots, d.args, prog, scratch)) for d, prog in bound]
         tail = self._greedy_launches(logits) if phase == "decode" else []
         pod_buffer = self._buffer(align * max(len(launches) + len(tail), 1), f"{phase}.pod",
                                   self.wgpu.BufferUsage.UNIFORM | self.wgpu.BufferUsage.COPY_DST, kind="activations")

@@ -3,13 +3,15 @@ tuned module generates exactly what the untuned one does."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from common.manifest import load_manifest
 from runtime import tune as tune_cli
 from runtime.api import load
+from runtime.compiled import TUNING_FILE
 from runtime.sampling import SamplingParams
-from runtime.tune import tune
+from runtime.tune import SCRATCH_PREFIX, _choose, tune
 from tests.cli import error_line
 
 
@@ -42,3 +44,31 @@ def test_without_tuning_candidates_only_defaults_are_built(compiled, capsys):
             [(d.node, lean.kernels[d.kernel].rule) for d in lean.phases[phase].dispatches]
     lean_dir = str(compiled("tiny", "f32", "float32"))
     assert "no kernel has other schedules" in error_line(capsys, tune_cli.main, [lean_dir])
+
+
+def test_split_k_gemms_generate_what_the_default_does(compiled, tmp_path):
+    """Every prefill GEMM on a split-K schedule (as if the tuner had picked them): the records are
+    summed by the last split of each tile, all GEMMs of a step share the step's largest records,
+    and the module generates what the untuned one does."""
+    src = compiled("tiny", "f32", "float32", candidates=True)
+    mod = tmp_path / "split.vkmod"
+    shutil.copytree(src, mod)
+    kernels = load_manifest(mod).kernels
+    choices = {main: max((a for a in k.alternates if "split-K" in kernels[a].rule), key=lambda a: kernels[a].rule)
+               for main, k in kernels.items() if any("split-K" in kernels[a].rule for a in k.alternates)}
+    assert len(choices) >= 4  # q, k/v, o, down (and the SwiGLU GEMM where it fits)
+    (mod / TUNING_FILE).write_text(json.dumps({"device": "test", "choices": choices, "measurements": {}}))
+    split = load(mod)
+    scratch = {d.args[b.arg] for d in split.module.manifest.phases["prefill"].dispatches
+               for b in split.module.manifest.kernels[d.kernel].bindings if d.args[b.arg].startswith(SCRATCH_PREFIX)}
+    assert len(scratch) >= 1
+    prompt = list(range(3, 40))
+    assert list(split.generate(prompt, 12, SamplingParams())) == list(load(src).generate(prompt, 12, SamplingParams()))
+
+
+def test_tuner_takes_split_k_only_when_it_pays():
+    rows = {"plain": {"us": 100.0}, "split": {"us": 98.0}}
+    assert _choose(rows, {"split"}) == "plain"  # 2% faster: not worth its scratch memory
+    rows["split"]["us"] = 90.0
+    assert _choose(rows, {"split"}) == "split"
+    assert _choose({"split": {"us": 90.0}}, {"split"}) == "split"

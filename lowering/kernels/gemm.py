@@ -360,14 +360,20 @@ TILINGS = (
 )
 
 
-def scratch_args(n: int, k: int, rows: int, swiglu: bool = False) -> list[str]:
-    """The runtime constants a weight GEMM of N=``n``, K=``k`` over up to ``rows`` rows (``swiglu``:
-    the SwiGLU GEMM of two such weights) binds for its split-K tilings (none if no such tiling
-    divides K): the partial records (float32, sized for the
-    largest) and the arrival counters (int32 zeros, one per C tile; every kernel leaves them at
-    zero, so GEMMs of one size share them, as they share the records: one dispatch runs at a time).
-    The runtime allocates them only if the tuner's choice binds them."""
-    split = [t for t in TILINGS if t.splits > 1 and t.fits(k, swiglu)]
+def split_tilings(n: int, k: int, rows: int, swiglu: bool, max_bytes: int) -> list[Tiling]:
+    """The split-K tilings that fit a GEMM of N=``n``, K=``k`` (``swiglu``: the SwiGLU GEMM of two
+    such weights) over up to ``rows`` rows, their records within one binding of ``max_bytes``."""
+    return [t for t in TILINGS
+            if t.splits > 1 and t.fits(k, swiglu) and 16 * t.scratch_vec4s(n, rows, swiglu) <= max_bytes]
+
+
+def scratch_args(n: int, k: int, rows: int, max_bytes: int, swiglu: bool = False) -> list[str]:
+    """The runtime constants a GEMM binds for its ``split_tilings`` (none if there are none): the
+    partial records (float32, sized for the largest) and the arrival counters (int32 zeros, one
+    per C tile; every kernel leaves them at zero, so GEMMs of one size share them). The runtime
+    allocates them only if the tuner's choice binds them, and gives every GEMM of a step the
+    step's largest records (one dispatch runs at a time)."""
+    split = split_tilings(n, k, rows, swiglu, max_bytes)
     if not split:
         return []
     return [f"const:scratch:{max(t.scratch_vec4s(n, rows, swiglu) for t in split)}x4",
@@ -375,10 +381,11 @@ def scratch_args(n: int, k: int, rows: int, swiglu: bool = False) -> list[str]:
 
 
 def schedules(n: int, k: int, wdtype: str, residual: bool, swiglu: bool = False,
-              rows: int = 0) -> list[tuple[str, Callable[[], object]]]:
+              rows: int = 0, max_bytes: int = 0) -> list[tuple[str, Callable[[], object]]]:
     """Every tiling that fits as a named variant, the first built by default, the tuner picks among
     all. ``swiglu`` (``C = silu(A W^T) * (A U^T)``): the tilings that fit it (``Tiling.fits``).
-    ``rows`` > 0 (the prefill chunk): the split-K tilings too, every variant then taking
+    ``rows`` > 0 (the prefill chunk): the ``split_tilings`` too, every variant then taking
     ``scratch_args``' two buffers."""
+    split = split_tilings(n, k, rows, swiglu, max_bytes) if rows > 0 else []
     return [(t.label(swiglu), outer_gemm_func(n, k, wdtype, residual, t, swiglu, rows))
-            for t in TILINGS if t.fits(k, swiglu) and (t.splits == 1 or rows > 0)]
+            for t in TILINGS if t.fits(k, swiglu) and (t.splits == 1 or t in split)]

@@ -40,13 +40,14 @@ def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     moved = [a, w, node] + ([res] if res is not None else [])
     args = [a.name, *weight_args(w), *node.inputs[2:]]
     tiled = node.attrs["kernel_class"] == "gemm" and gemm.supports(K)
-    scratch = gemm.scratch_args(w.shape[0], K, opts.prefill_chunk) if tiled and opts.tuning_candidates else []
+    scratch = (gemm.scratch_args(w.shape[0], K, opts.prefill_chunk, opts.max_binding_bytes)
+               if tiled and opts.tuning_candidates else [])
     spec = KernelSpec(key + (":splitk" if scratch else ""), node.attrs["kernel_class"], build,
                       [*args, *scratch, node.name], [len(args) + len(scratch)],
                       flops=f"2*{numel_expr(node.shape, ctx)}*{K}", bytes=bytes_expr(moved, ctx))
     if tiled:
         spec.variants = gemm.schedules(w.shape[0], K, w.dtype, res is not None,
-                                       rows=opts.prefill_chunk if scratch else 0)
+                                       rows=opts.prefill_chunk if scratch else 0, max_bytes=opts.max_binding_bytes)
     if spec.kclass == "gemv" and a.shape[0] == 1 and K % 4 == 0:
         spec.variants = gemv.schedules(w.shape[0], K, w.dtype, res is not None)
     return spec
@@ -58,8 +59,10 @@ def fused_gemm(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     with ``swiglu``; ``lowering.fuse_prefill_swiglu``). Its cost counts both weights' GEMMs."""
     a, w, u = (g[i] for i in node.inputs)
     n, K = w.shape
-    scratch = gemm.scratch_args(n, K, opts.prefill_chunk, swiglu=True) if opts.tuning_candidates else []
-    variants = gemm.schedules(n, K, w.dtype, False, swiglu=True, rows=opts.prefill_chunk if scratch else 0)
+    scratch = (gemm.scratch_args(n, K, opts.prefill_chunk, opts.max_binding_bytes, True)
+               if opts.tuning_candidates else [])
+    variants = gemm.schedules(n, K, w.dtype, False, swiglu=True, rows=opts.prefill_chunk if scratch else 0,
+                              max_bytes=opts.max_binding_bytes)
     args = [a.name, *weight_args(w), *weight_args(u), *scratch]
     return KernelSpec(f"fused_gemm:swiglu:{shape_key(a)}x{shape_key(w)}" + (":splitk" if scratch else ""), "gemm",
                       variants[0][1], [*args, node.name], [len(args)],

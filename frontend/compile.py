@@ -35,14 +35,12 @@ def main(argv: list[str] | None = None) -> int:
                     "or the model's max_position_embeddings if smaller)")
     ap.add_argument("--kv-dtype", default="f16", help="KV cache storage, one of f16, f32 (f16 halves the cache "
                     "memory and attention's reads; default: f16)")
-    ap.add_argument("--attention-splits", type=int, default=LowerOptions.attention_splits,
-                    help="decode attention splits the cache into up to N pieces per kv head, one workgroup each "
-                    "(flash-decoding; 1: one workgroup per kv head and no combine dispatch; default: "
-                    f"{LowerOptions.attention_splits})")
-    ap.add_argument("--attention-split-unit", type=int, default=LowerOptions.attention_split_unit,
-                    help="decode attention's splits are whole multiples of this many cache positions "
-                    "(smaller: more, shorter splits at long context; default: "
-                    f"{LowerOptions.attention_split_unit})")
+    ap.add_argument("--attention-splits", type=int, help="decode attention splits the cache into up to N pieces per "
+                    "kv head, one workgroup each (flash-decoding; 1: one workgroup per kv head and no combine "
+                    "dispatch; default: 128 for models with <= 2 query heads per kv head, else 64)")
+    ap.add_argument("--attention-split-unit", type=int, help="decode attention's splits are whole multiples of this "
+                    "many cache positions (smaller: more, shorter splits; default: 32 for models with <= 2 query "
+                    "heads per kv head, else 64)")
     ap.add_argument("--separate-attention-combine", action="store_true", help="merge decode attention's splits "
                     "in a dispatch of its own instead of in the attention kernel's last workgroup per kv head (the "
                     "baseline to time it against)")
@@ -59,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--weight-dtype {a.weight_dtype!r} is not supported (expected f16 or f32)")
     if a.kv_dtype not in _DTYPES:
         raise UserError(f"--kv-dtype {a.kv_dtype!r} is not supported (expected f16 or f32)")
-    if a.attention_splits <= 0:
+    if a.attention_splits is not None and a.attention_splits <= 0:
         raise UserError(f"--attention-splits must be >= 1, got {a.attention_splits}")
-    if a.attention_split_unit <= 0:
+    if a.attention_split_unit is not None and a.attention_split_unit <= 0:
         raise UserError(f"--attention-split-unit must be >= 1, got {a.attention_split_unit}")
     if a.quantize not in ("none", "q8", "q4"):
         raise UserError(f"--quantize {a.quantize!r} is not supported (expected none, q8 or q4)")
@@ -84,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(out, a.force)  # before minutes of kernel building, not after
     opts = LowerOptions(weight_dtype=_DTYPES[a.weight_dtype], max_context=max_ctx,
                         prefill_chunk=min(a.prefill_chunk, max_ctx), kv_dtype=_DTYPES[a.kv_dtype],
-                        attention_splits=a.attention_splits,
-                        attention_split_unit=a.attention_split_unit, quantize=a.quantize, keep_lm_head=a.keep_lm_head,
+                        attention_splits=a.attention_splits or 0,
+                        attention_split_unit=a.attention_split_unit or 0, quantize=a.quantize,
+                        keep_lm_head=a.keep_lm_head,
                         fuse_prefill_attention=not a.unfused_prefill_attention,
                         fuse_attention_combine=not a.separate_attention_combine,
                         tuning_candidates=not a.no_tuning_candidates)

@@ -14,11 +14,10 @@ class LowerOptions:
     max_binding_bytes: int = 128 * 1024 * 1024  # weights above this are split (lavapipe's limit)
     kv_dtype: str = "float16"  # KV cache storage dtype (float16 | float32); kernels accumulate in f32
     # decode attention (flash-decoding): at most this many splits of the cache per kv head, each
-    # at least `attention_split_unit` positions; 1 = one workgroup per kv head, no combine dispatch.
-    # 64 (H200, 0.6B f16, one device call): decode at context 4096 525 tok/s vs 462 with 32; at
-    # context 128 609 vs 645 (then the combine read every slot; now only the step's splits)
-    attention_splits: int = 64
-    attention_split_unit: int = 64
+    # at least `attention_split_unit` positions; 1 = one workgroup per kv head, no combine dispatch;
+    # 0 = by the model's GQA group (`decode_splits`)
+    attention_splits: int = 0
+    attention_split_unit: int = 0
     # the splits' merge done by the attention kernel's last workgroup per kv head
     # (lowering.fuse_attention_combine); False keeps the attention_combine dispatch (the baseline)
     fuse_attention_combine: bool = True
@@ -34,3 +33,14 @@ class LowerOptions:
     # build every kernel's other schedules too, for runtime.tune to choose among on the user's GPU;
     # False: only the default schedules (a compile several times faster, nothing to tune)
     tuning_candidates: bool = True
+
+    def decode_splits(self, group: int) -> tuple[int, int]:
+        """Decode attention's ``(split unit, max splits)`` for GQA groups of ``group`` query heads:
+        the options' own where set, else 32 x 128 for groups of <= 2 and 64 x 64 above. Shorter
+        splits shorten every workgroup's chain of memory round trips but lengthen the merge of the
+        last one, which has threads to spare for it only at small groups (``MERGE_PARTS``). H200,
+        decode tok/s at context 128 / 4096 (RESULTS.md, fifth session): 0.6B (group 2) 834 / 666
+        with 32 x 128 against 754-775 / 600-607 with 64 x 64; 4B (group 4) 282 / 219 against 274 /
+        239."""
+        small = group <= 2
+        return (self.attention_split_unit or (32 if small else 64), self.attention_splits or (128 if small else 64))

@@ -330,20 +330,22 @@ def split_decode_attention(g: Graph, opts: LowerOptions) -> Graph:
     split's softmax state to a small scratch tensor the memory plan gives a slot) and
     ``attention_combine`` (merges the splits). One workgroup per kv head cannot fill a GPU at
     long context (16 on a 132-SM H100 for Qwen3-0.6B); the split count grows with the context.
-    ``opts.attention_splits <= 1`` keeps the unsplit kernel (one dispatch fewer per layer)."""
-    if opts.attention_splits <= 1:
+    ``opts.attention_splits == 1`` keeps the unsplit kernel (one dispatch fewer per layer); the
+    split sizes: ``LowerOptions.decode_splits``."""
+    if opts.attention_splits == 1:
         return g
     g = g.copy()
     for n in g.by_op("attention"):
-        attrs = {**n.attrs, "max_splits": opts.attention_splits, "split_unit": opts.attention_split_unit}
+        unit, smax = opts.decode_splits(n.attrs.get("gqa_group", 1))
+        attrs = {**n.attrs, "max_splits": smax, "split_unit": unit}
         shape, dtype = infer("attention_partial", [(g[i].shape, g[i].dtype) for i in n.inputs], attrs)
         comb_name = g.fresh_name(f"{n.name}.combine")
         part = g.replace(n, Node(n.name, "attention_partial", n.inputs, shape, dtype, attrs, {
             **n.meta, "reason": n.meta.get("reason", "") + (
-                f"; flash-decoding: the cache is cut into up to {opts.attention_splits} splits of >= "
-                f"{opts.attention_split_unit} positions per kv head, one workgroup each, merged by {comb_name}")}))
+                f"; flash-decoding: the cache is cut into up to {smax} splits of >= {unit} positions per kv "
+                f"head, one workgroup each, merged by {comb_name}")}))
         comb = g.insert_after(part, Node(comb_name, "attention_combine", [part.name], n.shape, n.dtype, {
-            "split_unit": opts.attention_split_unit, "max_splits": opts.attention_splits}, {
-            "reason": f"flash-decoding: merges the {opts.attention_splits} split states of {part.name}"}))
+            "split_unit": unit, "max_splits": smax}, {
+            "reason": f"flash-decoding: merges the {smax} split states of {part.name}"}))
         g.replace_all_uses_with(part, comb)
     return g

@@ -77,7 +77,8 @@ def test_split_and_fusion(cfg06):
     assert not g.by_op("transpose") and not g.by_op("softmax") and not g.by_op("attention")
     assert len(g.by_op("attention_partial")) == len(g.by_op("attention_combine")) == 28
     assert [m["kernel_class"] for m in g["layers.0.pv"].meta["fused_matmuls"]] == ["batched_gemv"] * 2
-    assert g["layers.0.pv"].shape == (16, LowerOptions.attention_splits, 128 + 8)
+    # GQA group 2: up to 128 splits of >= 32 positions (LowerOptions.decode_splits)
+    assert g["layers.0.pv"].shape == (16, 128, 128 + 8) and g["layers.0.pv"].attrs["split_unit"] == 32
     assert g["layers.0.pv.combine"].shape == (1, 16, 1, 128)
     assert g["layers.0.reshape_4"].inputs == ["layers.0.pv.combine"]
     # ... in its last workgroup per kv head: the combine node stays, written by the partial's kernel
@@ -88,6 +89,13 @@ def test_split_and_fusion(cfg06):
     assert tensors["layers.0.pv.combine"].slot not in {tensors[n].slot for n in ("layers.0.qkv_proj", "layers.0.pv")}
     # the KV cache is stored in f16 by default: the cache, its writes and views carry the dtype
     assert {g[n].dtype for n in ("cache_k.0", "layers.0.k_cache_write", "layers.0.k_all")} == {"float16"}
+
+
+def test_decode_split_sizes_follow_the_gqa_group_unless_given():
+    assert LowerOptions().decode_splits(1) == LowerOptions().decode_splits(2) == (32, 128)
+    assert LowerOptions().decode_splits(4) == (64, 64)
+    assert LowerOptions(attention_splits=16).decode_splits(2) == (32, 16)
+    assert LowerOptions(attention_split_unit=8).decode_splits(8) == (8, 64)
 
 
 def test_kv_dtype_and_unsplit_attention_options(cfg06):

@@ -30,7 +30,7 @@ from lowering.kernels.common import SCALARS, opaque_loop_extents
 from lowering.kernels.spec import KernelSpec
 from lowering.schedule import apply_rule, rules_for
 
-SCHEDULE_VERSION = "5"  # bump when the build steps here change the WGSL or the cached Kernel record
+SCHEDULE_VERSION = "6"  # bump when the build steps here change the WGSL or the cached Kernel record
 _BIND_RE = re.compile(r"@binding\((\d+)\) var<storage, (read|read_write)> (\w+) : array<([\w<>]+)>")
 _POD_RE = re.compile(r"struct PODArgs \{([^}]*)\}")
 _WG_RE = re.compile(r"@workgroup_size\((\d+), (\d+), (\d+)\)")

@@ -34,6 +34,11 @@ class LowerOptions:
     # False: only the default schedules (a compile several times faster, nothing to tune)
     tuning_candidates: bool = True
 
+    def __post_init__(self) -> None:
+        if self.attention_splits < 0 or self.attention_split_unit < 0:
+            raise ValueError(f"attention_splits and attention_split_unit must be >= 0 (0: by the GQA group), got "
+                             f"{self.attention_splits} and {self.attention_split_unit}")
+
     def decode_splits(self, group: int) -> tuple[int, int]:
         """Decode attention's ``(split unit, max splits)`` for GQA groups of ``group`` query heads:
         the options' own where set, else 32 x 128 for groups of <= 2 and 64 x 64 above. Shorter

@@ -165,9 +165,10 @@ class Executor:
     def _resolve(self, plan: Plan, slots: list[Any], name: str) -> Any:
         if name.startswith("const:"):
             if name not in self.shared:
-                # the split-K GEMMs' records are working memory, like the activation slots
-                kind = "activations" if name.startswith("const:scratch:") else "constants"
-                self.shared[name] = self._buffer(0, name, data=make_constant(name), kind=kind)
+                if name.startswith(SCRATCH):  # split-K records: working memory, written before read
+                    self.shared[name] = self._buffer(const_nbytes(name), name, kind="activations")
+                else:
+                    self.shared[name] = self._buffer(0, name, data=make_constant(name), kind="constants")
             return self.shared[name]
         t = plan.tensors[name]
         if t.kind == "weight":

@@ -97,8 +97,9 @@ SCRATCH_MARGIN = 1.03  # ... so one is chosen only if it beats every other sched
 
 def _choose(rows: dict[str, dict], scratch: set[str]) -> str:
     """The fastest candidate, unless it needs scratch memory (``scratch``: a split-K GEMM's
-    records, up to 160 MB at the 4B MLP) and a candidate without is within ``SCRATCH_MARGIN``
-    (the 4B SwiGLU GEMM: split-K 4 timed 1530 us against 1540 unsplit)."""
+    records, 80 MB for the 4B SwiGLU GEMM's split-K 2) and a candidate without is within
+    ``SCRATCH_MARGIN`` (that GEMM's split-K 4, 159 MB of records, timed 1530 us against 1540
+    unsplit on an H200; it is no longer offered: over one storage binding)."""
     best = min(rows, key=lambda n: rows[n]["us"])
     plain = [n for n in rows if n not in scratch]
     if best in scratch and plain:

@@ -262,14 +262,16 @@ def _attention_node(op: str, group: int, hd: int, q_norm: bool, split: tuple[int
 
 
 @pytest.mark.parametrize("nh,nkv,hd,kv_dtype,q_norm", [(4, 4, 16, "float32", False), (4, 2, 16, "float16", True),
-                                                        (8, 2, 16, "float16", False), (16, 8, 128, "float16", True)])
+                                                        (8, 2, 16, "float16", False), (16, 8, 128, "float16", True),
+                                                        (40, 8, 128, "float16", True)])
 def test_split_attention_against_numpy(nh, nkv, hd, kv_dtype, q_norm):
     """Flash-decoding decode attention, every schedule: each split's partial state and the merged
     output against numpy, at totals of one split, of many (up to 12), past a multiple of the chunk
     and with chunks of several tiles (unit 16 x at most 4 splits: 176-position chunks at 700);
-    GQA groups 1, 2 and 4 (one workgroup serves the whole group), f16 and f32 caches, with and
-    without the q RMSNorm + RoPE prologue. The unsplit kernel (one workgroup per kv head over the
-    whole cache, normalized in place) on the same inputs."""
+    GQA groups 1, 2, 4 and 5 (one workgroup serves the whole group; at group 5 a merge has more
+    (head, lane) pairs than threads), f16 and f32 caches, with and without the q RMSNorm + RoPE
+    prologue. The merge fused into the partial kernel for every schedule. The unsplit kernel (one
+    workgroup per kv head over the whole cache, normalized in place) on the same inputs."""
     from lowering.build import build_kernel
     from lowering.kernels import attention
     from lowering.kernels.elementwise import rope_tables
@@ -296,9 +298,8 @@ def test_split_attention_against_numpy(nh, nkv, hd, kv_dtype, q_norm):
     schedules.append(("whole", lambda: attention._attention_func(nh, nkv, hd, ctx, hd ** -0.5, kv_dtype,
                                                                  *attention.WHOLE_VARIANTS[0], qn, None), None, False))
     # the merge fused into the partial kernel (the last workgroup per kv head), short and default splits
-    schedules += [(f"fused_{s[0]}_{s[1]}", lambda s=s: attention._attention_func(
-        nh, nkv, hd, ctx, hd ** -0.5, kv_dtype, *attention.SPLIT_VARIANTS[0], qn, s, combine=True), s, True)
-        for s in ((16, 4), (64, 32))]
+    schedules += [(f"fused_{s[0]}_{s[1]}_{t}x{p}", lambda t=t, p=p, s=s: attention._attention_func(
+        nh, nkv, hd, ctx, hd ** -0.5, kv_dtype, t, p, qn, s, combine=True), s, True) for s, (t, p) in cuts]
     for name, builder, split, fused in schedules:
         run = launcher(name, builder, nin + 1 + 2 * fused)
         merge = split and not fused and launcher(f"combine_{split[0]}_{split[1]}",

@@ -61,7 +61,7 @@ def test_split_k_gemms_generate_what_the_default_does(compiled, tmp_path):
     split = load(mod)
     scratch = {d.args[b.arg] for d in split.module.manifest.phases["prefill"].dispatches
                for b in split.module.manifest.kernels[d.kernel].bindings if d.args[b.arg].startswith(SCRATCH_PREFIX)}
-    assert len(scratch) >= 1
+    assert len(scratch) >= 2  # records of several sizes: the step binds the largest for all
     prompt = list(range(3, 40))
     assert list(split.generate(prompt, 12, SamplingParams())) == list(load(src).generate(prompt, 12, SamplingParams()))
 

@@ -90,8 +90,9 @@ def _merge_splits(P, h, lane, lo, hi, groups, hd4: int, mv, mrg, oacc, nb):
     lavapipe recompilation trap, DESIGN.md, and TVM's codegen folds away ``opaque_loop_extents``'
     guard on this one), or a constant covering every slot. A group's slots past ``hi`` read slot
     ``hi - 1`` again (cached) and get the empty max through WGSL's ``select`` (weight 0; TVM turns
-    its own Select around a load into a branch, here on uniform values alone); an empty range
-    leaves the empty max and zero sums. Local buffers: ``mv`` float32 [MERGE_UNROLL], ``mrg``
+    its own Select around a load into a branch, here on uniform values alone). An empty range
+    leaves the empty max (its sums are not zero, but a merge of parts weights them by
+    ``exp(EMPTY_MAX - M) = 0``). Local buffers: ``mv`` float32 [MERGE_UNROLL], ``mrg``
     float32 [4] (running max, new max, scale, sum), ``oacc`` float32x4 [1], ``nb`` int32 [1]
     (``hi``, computed once: a division by the run-time chunk)."""
     nb[0] = hi
@@ -197,7 +198,7 @@ def _attention_func(nh: int, nkv: int, hd: int, ctx: int, scale: float, kv_dtype
     pairs = group * hd4  # fused combine: (head of the group, vec4 lane) pairs, one per thread per step
     # fused combine: threads per pair when the workgroup has several per pair, each merging a share
     # of the records (their states meet in o_sh and two rows of red)
-    parts = min(MERGE_PARTS, threads // pairs) if rows >= 2 else 1
+    parts = max(1, min(MERGE_PARTS, threads // pairs)) if rows >= 2 else 1
     neg = EMPTY_MAX  # exp(neg - m) == 0 without the inf - inf NaN of a real -inf
 
     @T.prim_func(private=True)

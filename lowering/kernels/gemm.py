@@ -125,8 +125,9 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
     """The builder of one ``Tiling`` (module docstring: layout, loads, pipelining); ``swiglu``:
     ``C = silu(A W^T) * (A U^T)``, the tile's columns half W rows, half the same U rows. ``rows``
     (the prefill chunk: the most rows of C), when > 0: the kernel takes the split-K scratch and
-    counters (``P``, ``CNT``) as params, used by split-K tilings (module docstring) and ignored by
-    the others, so every variant of a kernel binds the same args."""
+    counters (``P``, ``CNT``) as params, used by split-K tilings (module docstring) and left
+    unbound by the others (TVM drops unused buffer params), so every variant of a kernel takes the
+    same args."""
     bm, bn, pm, pn, bk, stages, splits = t.bm, t.bn, t.pm, t.pn, t.bk, t.stages, t.splits
     assert pm % 4 == 0 and pn % 4 == 0 and bk % 4 == 0 and stages in (1, 2), t
     assert not (swiglu and residual) and t.fits(k, swiglu) and (splits == 1 or rows > 0), t
@@ -146,8 +147,7 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
     nwg, oq, pqo = (nw // 2, qn // 2, pqn // 2) if swiglu else (nw, qn, pqn)
     ob = oq * 4
     nby = (n + ob - 1) // ob  # column tiles; blockIdx.y is (split, column tile)
-    tiles = t.tiles(n, rows, swiglu) if splits > 1 else 1
-    p_len, cnt_len = (t.scratch_vec4s(n, rows, swiglu), tiles) if splits > 1 else (1, 1)
+    p_len, cnt_len = (t.scratch_vec4s(n, rows, swiglu), t.tiles(n, rows, swiglu)) if splits > 1 else (1, 1)
 
     def col_tile(y):
         return y % nby if splits > 1 else y
@@ -155,8 +155,11 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
     def split_of(y):  # the workgroup's split of K: slices [split * steps, (split + 1) * steps)
         return y // nby if splits > 1 else 0
 
-    def record(sk, tile, i, tid):  # accumulator i of thread tid in split sk's record of C tile `tile`
-        return ((sk * tiles + tile) * nacc + i) * nt + tid
+    def record(sk, tile, i, tid):
+        """Accumulator i of thread tid in split sk's record of C tile ``tile``: tile-major, so the
+        code does not depend on ``rows`` (only the buffer's size does; the kernel cache keys on
+        the code)."""
+        return ((tile * splits + sk) * nacc + i) * nt + tid
 
     def quad(b):  # row quad of block b: lanes 8 apart in b are 8 quads apart...
         return b // (8 * bk4) * 8 + b % 8

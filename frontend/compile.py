@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--attention-splits must be >= 1, got {a.attention_splits}")
     if a.attention_split_unit is not None and a.attention_split_unit <= 0:
         raise UserError(f"--attention-split-unit must be >= 1, got {a.attention_split_unit}")
+    if a.attention_split_unit is not None and a.attention_splits == 1:
+        raise UserError("--attention-split-unit has no effect with --attention-splits 1 (one workgroup per kv head "
+                        "walks the whole cache)")
     if a.quantize not in ("none", "q8", "q4"):
         raise UserError(f"--quantize {a.quantize!r} is not supported (expected none, q8 or q4)")
     if a.keep_lm_head and a.quantize == "none":

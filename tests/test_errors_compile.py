@@ -105,6 +105,12 @@ def test_negative_max_context_and_chunk(model_dir, capsys):
     d = str(model_dir("tiny", "f32"))
     assert "positive number of tokens, got -5" in error_line(capsys, compile_cli.main, [d, "--max-context", "-5"])
     assert "--prefill-chunk must be positive" in error_line(capsys, compile_cli.main, [d, "--prefill-chunk", "0"])
+    assert "--attention-splits must be >= 1, got 0" in error_line(capsys, compile_cli.main,
+                                                                [d, "--attention-splits", "0"])
+    assert "--attention-split-unit must be >= 1" in error_line(capsys, compile_cli.main,
+                                                             [d, "--attention-split-unit", "-3"])
+    assert "no effect with --attention-splits 1" in error_line(capsys, compile_cli.main, [
+        d, "--attention-splits", "1", "--attention-split-unit", "32"])
 
 
 def test_unwritable_out(model_dir, tmp_path, capsys):

@@ -131,6 +131,7 @@ class Binding:
     arg: int  # index into the dispatch's args
     write: bool
     type: str  # WGSL element type
+    bytes: int = 0  # what the kernel declares it uses of the buffer (0: sized by seq/total, or not declared)
 
 
 @dataclass(frozen=True)

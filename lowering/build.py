@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import signal
@@ -30,7 +31,7 @@ from lowering.kernels.common import SCALARS, opaque_loop_extents
 from lowering.kernels.spec import KernelSpec
 from lowering.schedule import apply_rule, rules_for
 
-SCHEDULE_VERSION = "6"  # bump when the build steps here change the WGSL or the cached Kernel record
+SCHEDULE_VERSION = "7"  # bump when the build steps here change the WGSL or the cached Kernel record
 _BIND_RE = re.compile(r"@binding\((\d+)\) var<storage, (read|read_write)> (\w+) : array<([\w<>]+)>")
 _POD_RE = re.compile(r"struct PODArgs \{([^}]*)\}")
 _WG_RE = re.compile(r"@workgroup_size\((\d+), (\d+), (\d+)\)")
@@ -47,7 +48,8 @@ class Kernel:
     rule: str
     entry: str
     wgsl: str
-    bindings: list[dict]  # per binding slot: {"arg": index into spec.args, "write": bool, "type": "f32"}
+    bindings: list[dict]  # per binding slot: {"arg": index into spec.args, "write": bool, "type": "f32",
+    #                       "bytes": the kernel's declared size of the buffer, 0 when it follows seq/total}
     pod: list[str]  # scalar fields of PODArgs before packGridDimX
     workgroup: list[int]
     grid: list[expr.Expr]  # blockIdx.x, blockIdx.y, blockIdx.z extents: expression trees of seq/total
@@ -102,6 +104,18 @@ def _launch_grid(device: tvm.IRModule, key: str) -> list[expr.Expr]:
     return grid
 
 
+def _declared_bytes(func) -> dict[str, int]:
+    """Bytes of each buffer param whose shape the kernel declares as constants (a schedule's own
+    need: a split-K GEMM's records), by param name; params shaped by ``seq``/``total`` are left out."""
+    out = {}
+    for p in func.params:  # TVM 0.27: a buffer param carries its shape and dtype
+        shape = getattr(p, "shape", None)
+        if shape and all(isinstance(d, tirx.IntImm) for d in shape):
+            dt = tvm.DataType(str(p.dtype))
+            out[p.name] = math.prod(int(d) for d in shape) * dt.bits * dt.lanes // 8
+    return out
+
+
 def _parse(spec: KernelSpec, name: str, src: str, func, rule: str, grid: list[expr.Expr]) -> Kernel:
     """Launch metadata from the WGSL and the scheduled ``func`` (whose buffer params, in order, are
     the spec's args)."""
@@ -112,11 +126,13 @@ def _parse(spec: KernelSpec, name: str, src: str, func, rule: str, grid: list[ex
     if len(entries) != 1:
         raise RuntimeError(f"kernel {spec.key}: expected one WGSL entry point, got {entries}")
     names = {f"{p}{suffix}": i for i, p in enumerate(param_names) for suffix in ("", "_ptr")}
+    declared = _declared_bytes(func)
     bindings = []
     for slot, access, var, ty in _BIND_RE.findall(wgsl):
         if var not in names:
             raise RuntimeError(f"kernel {spec.key}: unknown WGSL binding {var}")
-        bindings.append({"slot": int(slot), "arg": names[var], "write": access == "read_write", "type": ty})
+        bindings.append({"slot": int(slot), "arg": names[var], "write": access == "read_write", "type": ty,
+                         "bytes": declared.get(param_names[names[var]], 0)})
     bindings.sort(key=lambda b: b["slot"])
     pod_m = _POD_RE.search(wgsl)
     pod = [f.split(":")[0].strip() for f in pod_m.group(1).split(",") if f.strip()] if pod_m else []

@@ -89,8 +89,8 @@ def _requirements(kernels: dict[str, Kernel], plans: dict[str, Plan], weights: l
 def kernel_info(k: Kernel, alternates: list[str] | None = None) -> KernelInfo:
     """The manifest entry of a built kernel (launch grid as expression data)."""
     return KernelInfo(k.key, k.kclass, k.rule, k.entry, f"kernels/{k.name}.wgsl",
-                      [Binding(b["slot"], b["arg"], b["write"], b["type"]) for b in k.bindings], list(k.pod),
-                      tuple(k.workgroup), tuple(k.grid), alternates or [])
+                      [Binding(b["slot"], b["arg"], b["write"], b["type"], b.get("bytes", 0)) for b in k.bindings],
+                      list(k.pod), tuple(k.workgroup), tuple(k.grid), alternates or [])
 
 
 def compile_model(model_dir: Path, out: Path, opts: LowerOptions, force: bool = False,

@@ -65,6 +65,7 @@ class _Phase:
     logits: Any
     launches: LaunchTable
     slots: list[Any] = field(default_factory=list)
+    records: Any = None  # the split-K GEMMs' records (None: no chosen schedule binds them)
 
 
 class Executor:
@@ -165,10 +166,7 @@ class Executor:
     def _resolve(self, plan: Plan, slots: list[Any], name: str) -> Any:
         if name.startswith("const:"):
             if name not in self.shared:
-                if name.startswith(SCRATCH):  # split-K records: working memory, written before read
-                    self.shared[name] = self._buffer(const_nbytes(name), name, kind="activations")
-                else:
-                    self.shared[name] = self._buffer(0, name, data=make_constant(name), kind="constants")
+                self.shared[name] = self._buffer(0, name, data=make_constant(name), kind="constants")
             return self.shared[name]
         t = plan.tensors[name]
         if t.kind == "weight":
@@ -179,14 +177,13 @@ class Executor:
             return self.ids
         return slots[t.slot]
 
-    def _bound(self, plan: Plan, slots: list[Any], args: list[str], prog: KernelProgram,
-               scratch: str | None) -> list[Any]:
+    def _bound(self, plan: Plan, slots: list[Any], args: list[str], prog: KernelProgram, scratch: Any) -> list[Any]:
         """A dispatch's buffers per arg; ``None`` for args the kernel does not bind (a GEMM schedule
-        other than split-K leaves the split-K scratch unbound, and it is then never allocated).
-        Every split-K record arg gets ``scratch``, the phase's largest (the GEMMs run one at a time
-        and read only the records they wrote)."""
+        other than split-K leaves the split-K records unbound, and they are then never allocated).
+        Every split-K record arg gets ``scratch``, the phase's one records buffer (the GEMMs run one
+        at a time and read only the records they wrote)."""
         used = {b.arg for b in prog.bindings}
-        return [None if i not in used else self._resolve(plan, slots, scratch if a.startswith(SCRATCH) else a)
+        return [None if i not in used else scratch if a.startswith(SCRATCH) else self._resolve(plan, slots, a)
                 for i, a in enumerate(args)]
 
     def _prepare(self, phase: str) -> _Phase:
@@ -195,8 +192,11 @@ class Executor:
         align = max(POD_BYTES, self.dev.limits.get("min-uniform-buffer-offset-alignment", 256))
         logits = self._resolve(plan, slots, plan.outputs["logits"])
         bound = [(d, self.programs[d.kernel]) for d in plan.dispatches]
-        records = [d.args[b.arg] for d, prog in bound for b in prog.bindings if d.args[b.arg].startswith(SCRATCH)]
-        scratch = max(records, key=const_nbytes, default=None)
+        # the split-K records: as large as the chosen schedules need (what each declares), not as
+        # the largest candidate's (the arg's name)
+        need = [b.bytes or const_nbytes(d.args[b.arg]) for d, prog in bound for b in prog.bindings
+                if d.args[b.arg].startswith(SCRATCH)]
+        scratch = self._buffer(max(need), f"{phase}.split_k_records", kind="activations") if need else None
         launches = [(prog, self._bound(plan, slots, d.args, prog, scratch)) for d, prog in bound]
         tail = self._greedy_launches(logits) if phase == "decode" else []
         pod_buffer = self._buffer(align * max(len(launches) + len(tail), 1), f"{phase}.pod",
@@ -205,7 +205,7 @@ class Executor:
         groups = [prog.bind_group(self.device, bufs, pod_buffer, i * align)
                   for i, (prog, bufs) in enumerate(launches + tail)]
         return _Phase(plan.dispatches, programs, groups, pod_buffer, align, logits,
-                      LaunchTable(programs, align // 4), slots)
+                      LaunchTable(programs, align // 4), slots, scratch)
 
     def _greedy_launches(self, logits: Any) -> list[tuple[KernelProgram, list[Any]]]:
         """The argmax kernels (``Manifest.greedy``): logits -> scratch -> the input-id buffer."""

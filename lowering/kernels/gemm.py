@@ -35,7 +35,8 @@ applies the epilogue and resets the counter. This is the fused attention merge's
 (``attention.py``: what it rests on, driver behaviour with naga's device-scope barrier). The
 records and counters are runtime constants (``scratch_args``) that every schedule of the kernel
 takes as params and only the split-K ones bind, so the runtime allocates them only when the
-tuner picks a split-K schedule.
+tuner picks a split-K schedule, and then as much as the picked schedules declare (the ``P``
+param's size: ``Binding.bytes``).
 
 Rows beyond ``seq`` and columns beyond N are clamped on load and skipped on store. Every variant
 stays within 32 KiB of shared memory (lavapipe's limit; NVIDIA's Vulkan limit is 48 KiB).
@@ -372,10 +373,10 @@ def split_tilings(n: int, k: int, rows: int, swiglu: bool, max_bytes: int) -> li
 
 def scratch_args(n: int, k: int, rows: int, max_bytes: int, swiglu: bool = False) -> list[str]:
     """The runtime constants a GEMM binds for its ``split_tilings`` (none if there are none): the
-    partial records (float32, sized for the largest) and the arrival counters (int32 zeros, one
+    partial records (float32, named for the largest) and the arrival counters (int32 zeros, one
     per C tile; every kernel leaves them at zero, so GEMMs of one size share them). The runtime
-    allocates them only if the tuner's choice binds them, and gives every GEMM of a step the
-    step's largest records (one dispatch runs at a time)."""
+    allocates them only if the tuner's choice binds them, and the records as one buffer per step,
+    as large as the chosen schedules declare (one dispatch runs at a time)."""
     split = split_tilings(n, k, rows, swiglu, max_bytes)
     if not split:
         return []

@@ -119,6 +119,9 @@ class Plan:
         return [const_nbytes(a) if a.startswith("const:") else self.tensors[a].nbytes(dims) for a in args]
 
 
+SCRATCH_PREFIX = "const:scratch:"  # split-K GEMM records (lowering.kernels.gemm): working memory the runtime sizes
+
+
 def const_nbytes(name: str) -> int:
     """Bytes of a ``const:...:<rows>x<cols>`` runtime constant (4-byte values, ``runtime.constants``)."""
     rows, cols = (int(x) for x in name.rsplit(":", 1)[1].split("x"))

@@ -12,7 +12,7 @@ from ir.rope import Rope, tables
 def make_constant(name: str) -> np.ndarray:
     """``const:rope_cos:<rope key>:<head_dim>:<ctx>x<half>`` -> float32 [ctx, half] (and rope_sin);
     ``const:counters:<n>x1`` -> int32 zeros [n, 1] (arrival counters a kernel leaves at zero,
-    ``lowering.kernels.attention.split_counters``, ``lowering.kernels.gemm.scratch_args``);
+    ``lowering.kernels.attention.split_counters``, ``lowering.kernels.gemm.schedules``);
     ``const:scratch:<n>x4`` -> float32 [n, 4] (records a kernel writes before it reads them)."""
     _, kind, *key, shape = name.split(":")
     rows, cols = (int(x) for x in shape.split("x"))

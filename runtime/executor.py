@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import UserError
-from common.manifest import Dispatch, Plan, WeightSpec, const_nbytes
+from common.manifest import SCRATCH_PREFIX, Dispatch, Plan, WeightSpec, const_nbytes
 from common.progress import Progress
 from common.weight_format import FORMATS, encode
 from frontend.checkpoint import WeightStore
@@ -33,7 +33,6 @@ from runtime.launches import LaunchTable
 from runtime.weight_cache import load as load_packed
 
 # what the GPU memory of a loaded model is spent on (bench.py reports each)
-SCRATCH = "const:scratch:"  # split-K GEMM records (lowering.kernels.gemm.scratch_args)
 MEMORY_CLASSES = ("weights", "kv", "activations", "constants", "staging")
 UPLOAD_FLUSH_BYTES = 256 << 20
 # Share of a step's dispatches submitted before the rest is encoded (see Executor._encode).
@@ -183,7 +182,7 @@ class Executor:
         Every split-K record arg gets ``scratch``, the phase's one records buffer (the GEMMs run one
         at a time and read only the records they wrote)."""
         used = {b.arg for b in prog.bindings}
-        return [None if i not in used else scratch if a.startswith(SCRATCH) else self._resolve(plan, slots, a)
+        return [None if i not in used else scratch if a.startswith(SCRATCH_PREFIX) else self._resolve(plan, slots, a)
                 for i, a in enumerate(args)]
 
     def _prepare(self, phase: str) -> _Phase:
@@ -195,7 +194,7 @@ class Executor:
         # the split-K records: as large as the chosen schedules need (what each declares), not as
         # the largest candidate's (the arg's name)
         need = [b.bytes or const_nbytes(d.args[b.arg]) for d, prog in bound for b in prog.bindings
-                if d.args[b.arg].startswith(SCRATCH)]
+                if d.args[b.arg].startswith(SCRATCH_PREFIX)]
         scratch = self._buffer(max(need), f"{phase}.split_k_records", kind="activations") if need else None
         launches = [(prog, self._bound(plan, slots, d.args, prog, scratch)) for d, prog in bound]
         tail = self._greedy_launches(logits) if phase == "decode" else []

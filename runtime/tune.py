@@ -21,6 +21,7 @@ from pathlib import Path
 
 from common.cli_help import HelpFormatter
 from common.errors import UserError, cli_main
+from common.manifest import SCRATCH_PREFIX
 
 
 def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50, rounds: int = 5) -> dict:
@@ -91,8 +92,7 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50, rounds:
     return out
 
 
-SCRATCH_PREFIX = "const:scratch:"  # split-K GEMM records: GPU memory only the split-K schedules hold
-SCRATCH_MARGIN = 1.03  # ... so one is chosen only if it beats every other schedule by more than this
+SCRATCH_MARGIN = 1.03  # a schedule holding split-K records is chosen only if it beats every other by more than this
 
 
 def _choose(rows: dict[str, dict], scratch: set[str]) -> str:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 
-from common.manifest import const_nbytes, load_manifest
+from common.manifest import SCRATCH_PREFIX, const_nbytes, load_manifest
 from runtime import tune as tune_cli
 from runtime.api import load
 from runtime.compiled import TUNING_FILE
 from runtime.sampling import SamplingParams
-from runtime.tune import SCRATCH_PREFIX, _choose, tune
+from runtime.tune import _choose, tune
 from tests.cli import error_line
 
 

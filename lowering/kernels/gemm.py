@@ -33,7 +33,7 @@ tile)), in one dispatch: each stores its accumulators as a record in a scratch b
 the records in split order (the same float sum whichever workgroup is last: deterministic),
 applies the epilogue and resets the counter. This is the fused attention merge's pattern
 (``attention.py``: what it rests on, driver behaviour with naga's device-scope barrier). The
-records and counters are runtime constants (``scratch_args``) that every schedule of the kernel
+records and counters are runtime constants (``schedules``' extra args) that every schedule of the kernel
 takes as params and only the split-K ones bind, so the runtime allocates them only when the
 tuner picks a split-K schedule, and then as much as the picked schedules declare (the ``P``
 param's size: ``Binding.bytes``).
@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from tvm import tirx
 from tvm.script import tirx as T
 
+from common.manifest import SCRATCH_PREFIX
 from lowering.kernels.quant import WeightRead
 
 
@@ -371,25 +372,18 @@ def split_tilings(n: int, k: int, rows: int, swiglu: bool, max_bytes: int) -> li
             if t.splits > 1 and t.fits(k, swiglu) and 16 * t.scratch_vec4s(n, rows, swiglu) <= max_bytes]
 
 
-def scratch_args(n: int, k: int, rows: int, max_bytes: int, swiglu: bool = False) -> list[str]:
-    """The runtime constants a GEMM binds for its ``split_tilings`` (none if there are none): the
-    partial records (float32, named for the largest) and the arrival counters (int32 zeros, one
-    per C tile; every kernel leaves them at zero, so GEMMs of one size share them). The runtime
-    allocates them only if the tuner's choice binds them, and the records as one buffer per step,
-    as large as the chosen schedules declare (one dispatch runs at a time)."""
-    split = split_tilings(n, k, rows, swiglu, max_bytes)
-    if not split:
-        return []
-    return [f"const:scratch:{max(t.scratch_vec4s(n, rows, swiglu) for t in split)}x4",
-            f"const:counters:{max(t.tiles(n, rows, swiglu) for t in split)}x1"]
-
-
-def schedules(n: int, k: int, wdtype: str, residual: bool, swiglu: bool = False,
-              rows: int = 0, max_bytes: int = 0) -> list[tuple[str, Callable[[], object]]]:
-    """Every tiling that fits as a named variant, the first built by default, the tuner picks among
-    all. ``swiglu`` (``C = silu(A W^T) * (A U^T)``): the tilings that fit it (``Tiling.fits``).
-    ``rows`` > 0 (the prefill chunk): the ``split_tilings`` too, every variant then taking
-    ``scratch_args``' two buffers."""
+def schedules(n: int, k: int, wdtype: str, residual: bool, swiglu: bool = False, rows: int = 0,
+              max_bytes: int = 0) -> tuple[list[str], list[tuple[str, Callable[[], object]]]]:
+    """The extra args the GEMM takes and every tiling that fits as a named variant (the first built
+    by default, the tuner picks among all). ``swiglu`` (``C = silu(A W^T) * (A U^T)``): the tilings
+    that fit it (``Tiling.fits``). ``rows`` > 0 (the prefill chunk): the ``split_tilings`` too, and
+    then the runtime constants they bind, which every variant takes as args: the partial records
+    (float32, named for the largest) and the arrival counters (int32 zeros, one per C tile; every
+    kernel leaves them at zero, so GEMMs of one size share them). The runtime allocates them only
+    if the tuner's choice binds them, and the records as one buffer per step, as large as the
+    chosen schedules declare (one dispatch runs at a time)."""
     split = split_tilings(n, k, rows, swiglu, max_bytes) if rows > 0 else []
-    return [(t.label(swiglu), outer_gemm_func(n, k, wdtype, residual, t, swiglu, rows))
-            for t in TILINGS if t.fits(k, swiglu) and (t.splits == 1 or t in split)]
+    args = [f"{SCRATCH_PREFIX}{max(t.scratch_vec4s(n, rows, swiglu) for t in split)}x4",
+            f"const:counters:{max(t.tiles(n, rows, swiglu) for t in split)}x1"] if split else []
+    return args, [(t.label(swiglu), outer_gemm_func(n, k, wdtype, residual, t, swiglu, rows if split else 0))
+                  for t in TILINGS if t.fits(k, swiglu) and (t.splits == 1 or t in split)]

@@ -39,18 +39,22 @@ def _weight_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     key = f"matmul_w:{shape_key(a)}x{shape_key(w)}" + (":res" if res is not None else "")
     moved = [a, w, node] + ([res] if res is not None else [])
     args = [a.name, *weight_args(w), *node.inputs[2:]]
-    tiled = node.attrs["kernel_class"] == "gemm" and gemm.supports(K)
-    scratch = (gemm.scratch_args(w.shape[0], K, opts.prefill_chunk, opts.max_binding_bytes)
-               if tiled and opts.tuning_candidates else [])
+    scratch, variants = [], []
+    if node.attrs["kernel_class"] == "gemm" and gemm.supports(K):
+        scratch, variants = gemm.schedules(w.shape[0], K, w.dtype, res is not None, rows=_split_k_rows(opts),
+                                           max_bytes=opts.max_binding_bytes)
     spec = KernelSpec(key + (":splitk" if scratch else ""), node.attrs["kernel_class"], build,
                       [*args, *scratch, node.name], [len(args) + len(scratch)],
-                      flops=f"2*{numel_expr(node.shape, ctx)}*{K}", bytes=bytes_expr(moved, ctx))
-    if tiled:
-        spec.variants = gemm.schedules(w.shape[0], K, w.dtype, res is not None,
-                                       rows=opts.prefill_chunk if scratch else 0, max_bytes=opts.max_binding_bytes)
+                      flops=f"2*{numel_expr(node.shape, ctx)}*{K}", bytes=bytes_expr(moved, ctx), variants=variants)
     if spec.kclass == "gemv" and a.shape[0] == 1 and K % 4 == 0:
         spec.variants = gemv.schedules(w.shape[0], K, w.dtype, res is not None)
     return spec
+
+
+def _split_k_rows(opts: LowerOptions) -> int:
+    """The rows split-K GEMM schedules are built for: the prefill chunk, or none (0) when only the
+    default schedules are built (they are never split)."""
+    return opts.prefill_chunk if opts.tuning_candidates else 0
 
 
 @generator("fused_gemm")
@@ -59,10 +63,8 @@ def fused_gemm(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     with ``swiglu``; ``lowering.fuse_prefill_swiglu``). Its cost counts both weights' GEMMs."""
     a, w, u = (g[i] for i in node.inputs)
     n, K = w.shape
-    scratch = (gemm.scratch_args(n, K, opts.prefill_chunk, opts.max_binding_bytes, True)
-               if opts.tuning_candidates else [])
-    variants = gemm.schedules(n, K, w.dtype, False, swiglu=True, rows=opts.prefill_chunk if scratch else 0,
-                              max_bytes=opts.max_binding_bytes)
+    scratch, variants = gemm.schedules(n, K, w.dtype, False, swiglu=True, rows=_split_k_rows(opts),
+                                       max_bytes=opts.max_binding_bytes)
     args = [a.name, *weight_args(w), *weight_args(u), *scratch]
     return KernelSpec(f"fused_gemm:swiglu:{shape_key(a)}x{shape_key(w)}" + (":splitk" if scratch else ""), "gemm",
                       variants[0][1], [*args, node.name], [len(args)],

@@ -90,6 +90,10 @@ def _prefill_attention(ins, attrs):
     ``q_norm_eps`` (and ``rope``), q is raw and a 4th operand is the q RMSNorm weight [d]."""
     (q, _), (k, _), (v, _), *norm = ins
     group = attrs.get("gqa_group", 1)
+    if attrs.get("q_packed"):  # q is the first heads * d values of each row of a packed [seq, N] output
+        heads = k[1] * group if len(k) == 4 else 0
+        _need(len(q) == 2 and len(k) == 4 and q[1] >= heads * k[3], f"prefill_attention: packed q {fmt(q)} too short")
+        q = (q[0], heads, k[3])
     _need(len(norm) == (attrs.get("q_norm_eps") is not None) and all(tuple(w) == (q[-1],) for w, _ in norm),
           f"prefill_attention: q norm weight {[fmt(w) for w, _ in norm]} vs q {fmt(q)}, q_norm_eps "
           f"{attrs.get('q_norm_eps')}")
@@ -154,13 +158,18 @@ def _fused_gemv(ins, attrs):
 
 
 def _fused_gemm(ins, attrs):
-    """Prefill SwiGLU as one GEMM over two weights: ``silu(x W^T) * (x U^T)``, x [M, K], W and U
-    [N, K] -> [M, N] (``swiglu`` is its only mode: the attr says which epilogue the kernel runs)."""
-    (x, _), (w, _), (u, _) = ins
-    _need(attrs.get("swiglu") is True, "fused_gemm: only the swiglu mode exists")
-    _need(len(x) == 2 and len(w) == 2 and w[1] == x[1] and tuple(u) == tuple(w),
-          f"fused_gemm needs x [M,K] and W, U [N,K], got {fmt(x)}, {fmt(w)}, {fmt(u)}")
-    return (x[0], w[0]), F32
+    """One prefill GEMM over several weights that read the same x [M, K]. ``swiglu``:
+    ``silu(x W^T) * (x U^T)``, W and U [N, K] -> [M, N]. ``packed``: ``[x W1^T | x W2^T | ..]``,
+    W_i [N_i, K] -> [M, sum N_i] (q, k and v projections: one output row per token)."""
+    (x, _), *ws = ins
+    _need(bool(attrs.get("swiglu")) != bool(attrs.get("packed")), "fused_gemm: exactly one of swiglu / packed")
+    _need(len(x) == 2 and all(len(w) == 2 and w[1] == x[1] for w, _ in ws),
+          f"fused_gemm needs x [M,K] and weights [N,K], got {fmt(x)}, {[fmt(w) for w, _ in ws]}")
+    if attrs.get("swiglu"):
+        _need(len(ws) == 2 and tuple(ws[0][0]) == tuple(ws[1][0]),
+              f"fused_gemm(swiglu) needs two weights of one shape, got {[fmt(w) for w, _ in ws]}")
+        return (x[0], ws[0][0][0]), F32
+    return (x[0], sum(w[0] for w, _ in ws)), F32
 
 
 def _qkv_gemv(ins, attrs):
@@ -218,8 +227,8 @@ def _kv_cache_write(ins, attrs):
     (RMSNorm prologue when gemv.norm_eps) - the producer fused into the write."""
     (cache, cd), (new, _), *extra = ins
     _need(len(cache) == 3, f"kv_cache_write: cache {fmt(cache)} is not [kv, ctx, d]")
-    if attrs.get("packed_offset") is not None:  # one row read from a packed [1, N] projection output
-        _need(len(new) == 2 and new[0] == 1 and new[1] >= attrs["packed_offset"] + cache[0] * cache[2],
+    if attrs.get("packed_offset") is not None:  # rows read from a packed [seq, N] projection output
+        _need(len(new) == 2 and new[1] >= attrs["packed_offset"] + cache[0] * cache[2],
               f"kv_cache_write: packed source {fmt(new)} too short for offset {attrs['packed_offset']}")
         return cache, cd
     if attrs.get("gemv") is not None:

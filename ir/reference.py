@@ -86,6 +86,13 @@ def _fused_gemv(at: Attrs, st: Step, x: np.ndarray, w: np.ndarray, *rest: np.nda
     return (y + more.pop(0) if more else y).astype(np.float32)
 
 
+def _fused_gemm(at: Attrs, st: Step, x: np.ndarray, *ws: np.ndarray) -> np.ndarray:
+    """SwiGLU: ``_fused_gemv``'s formula over M rows; packed: the weights' outputs side by side."""
+    if at.get("packed"):
+        return np.concatenate([x @ w.T for w in ws], axis=1).astype(np.float32)
+    return _fused_gemv(at, st, x, *ws)
+
+
 def _qkv_gemv(at: Attrs, st: Step, x, wq, wk, wv, g, _cache_v) -> np.ndarray:
     return (_rms_norm(x, g, at["norm_eps"]) @ np.concatenate([wq, wk, wv]).T).astype(np.float32)
 
@@ -147,6 +154,8 @@ def _prefill_attention(at: Attrs, st: Step, q, k, v, *norm) -> np.ndarray:
     attention over the cache; back to [seq, heads * d] (what the unfused trace computes with its
     transposes and reshapes)."""
     group = at.get("gqa_group", 1)
+    if at.get("q_packed"):  # the first heads * d values of each packed row
+        q = q[:, : k.shape[1] * group * k.shape[3]].reshape(q.shape[0], -1, k.shape[3])
     if at.get("q_norm_eps") is not None:
         q = _rope(_rms_norm(q, norm[0], at["q_norm_eps"]), at["rope"], st.past)
     q4 = np.transpose(q, (1, 0, 2))[None]
@@ -161,7 +170,7 @@ def _kv_cache_write(at: Attrs, st: Step, cache, new, *extra) -> np.ndarray:
     kv, hd = cache.shape[0], cache.shape[2]
     if at.get("packed_offset") is not None:
         off = at["packed_offset"]
-        new = new[:, off: off + kv * hd].reshape(1, kv, hd)
+        new = new[:, off: off + kv * hd].reshape(-1, kv, hd)
     if at.get("gemv") is not None:
         new = _fused_gemv(at["gemv"], st, new, *extra).reshape(1, kv, hd)
     elif at.get("norm_eps") is not None:
@@ -178,7 +187,7 @@ RULES: dict[str, Rule] = {
     "rms_norm_rope": lambda at, st, x, w: _rope(_rms_norm(x, w, at["eps"]), at["rope"], st.past),
     "matmul": _matmul,
     "fused_gemv": _fused_gemv,
-    "fused_gemm": _fused_gemv,  # the same formula (x W^T, SwiGLU's second weight) over M rows
+    "fused_gemm": _fused_gemm,
     "qkv_gemv": _qkv_gemv,
     "attention": _attention,
     "attention_partial": _attention_partial,

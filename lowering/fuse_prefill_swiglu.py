@@ -27,13 +27,7 @@ from __future__ import annotations
 from ir.graph import Graph, Node
 from lowering.kernels import gemm
 from lowering.options import LowerOptions
-from lowering.passes import _matmul_info, _only_use, is_decode
-
-
-def _plain_gemm(g: Graph, m: Node) -> bool:
-    """A weight GEMM with nothing fused into it (no residual operand) and not a split chunk."""
-    return (m.op == "matmul" and m.attrs.get("kernel_class") == "gemm" and len(m.inputs) == 2
-            and g[m.inputs[1]].op == "weight" and "split_of" not in m.meta)
+from lowering.passes import _matmul_info, _only_use, _plain_gemm, is_decode
 
 
 def fuse_prefill_swiglu(g: Graph, opts: LowerOptions) -> Graph:

@@ -27,6 +27,9 @@ class LowerOptions:
     # prefill gate + up GEMMs + silu_mul as one GEMM over both weights (lowering.fuse_prefill_swiglu);
     # False keeps the three kernels (the baseline to time it against; the unfused kernels' tests)
     fuse_prefill_swiglu: bool = True
+    # prefill q, k, v GEMMs as one GEMM with a packed [q | k | v] output (lowering.fuse_prefill_qkv);
+    # False keeps the three (the baseline to time it against; the unfused kernels' tests)
+    fuse_prefill_qkv: bool = True
     # none | q8 | q4: 2-D weights (linears, embedding) in that common.weight_format, quantized at first load
     quantize: str = "none"
     keep_lm_head: bool = False  # with quantize: the lm_head (and a tied embedding) stays in weight_dtype

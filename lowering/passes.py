@@ -125,6 +125,13 @@ def elide_layout_transposes(g: Graph, opts: LowerOptions) -> Graph:
     return g
 
 
+def _plain_gemm(g: Graph, m: Node) -> bool:
+    """A weight GEMM with nothing fused into it (no residual operand) and not a split chunk: what
+    the prefill fusions of several GEMMs into one (SwiGLU, q | k | v) take."""
+    return (m.op == "matmul" and m.attrs.get("kernel_class") == "gemm" and len(m.inputs) == 2
+            and g[m.inputs[1]].op == "weight" and "split_of" not in m.meta)
+
+
 def _matmul_info(m: Node) -> dict[str, Any]:
     """How a matmul a fused kernel now performs was classified (``lowering.dump`` counts these)."""
     return {"name": m.name, "kernel_class": m.attrs.get("kernel_class"), "reason": m.meta.get("reason")}

@@ -11,6 +11,7 @@ from lowering.classify import classify_matmuls
 from lowering.fuse_attention_combine import fuse_attention_combine
 from lowering.fuse_k_write import fuse_k_write
 from lowering.fuse_prefill_attention import fuse_prefill_attention
+from lowering.fuse_prefill_qkv import fuse_prefill_qkv
 from lowering.fuse_prefill_swiglu import fuse_prefill_swiglu
 from lowering.options import LowerOptions
 from lowering.passes import (
@@ -41,6 +42,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("fuse_decode_gemv", fuse_decode_gemv),
     ("fuse_kv_writes", fuse_kv_writes),
     ("pack_qkv", pack_qkv),
+    ("fuse_prefill_qkv", fuse_prefill_qkv),
     ("fuse_k_write", fuse_k_write),
     ("split_decode_attention", split_decode_attention),
     ("fuse_attention_combine", fuse_attention_combine),

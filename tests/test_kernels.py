@@ -202,10 +202,12 @@ def test_every_gemm_variant_against_numpy(wdtype):
     """Each prefill GEMM tiling the tuner may pick, for every weight format (quantized ones against
     their dequantized values), with row and column tails (seq and N not multiples of any tile; an N
     not a multiple of 4, stored value by value), K of one or several slices (odd and even counts:
-    the double-buffered loop runs slices in pairs), with and without the residual; and the SwiGLU
-    GEMM (``silu(A W^T) * (A U^T)``, two weights; each tiling that fits it) at one such shape. All
+    the double-buffered loop runs slices in pairs), with and without the residual; the SwiGLU
+    GEMM (``silu(A W^T) * (A U^T)``, two weights; each tiling that fits it) at one such shape; and
+    the packed q | k | v GEMM (``[A Wq^T | A Wk^T | A Wv^T]``, three weights of two sizes). All
     as a module builds them for a prefill chunk of ``ROWS``: the split-K tilings too (the last split
-    to arrive sums the records), the arrival counters back at zero after each."""
+    to arrive sums the records; splits of unequal slice counts where the count does not divide
+    K's slices), the arrival counters back at zero after each."""
     from lowering.build import build_kernel
     from lowering.kernels import gemm
     from lowering.kernels.spec import KernelSpec
@@ -216,21 +218,25 @@ def test_every_gemm_variant_against_numpy(wdtype):
     rng = np.random.default_rng(2)
     quant = wdtype in ("q4", "q8")
     fmt = of_dtype(wdtype)
-    cases = [(200, 160, True, False), (130, 96, False, False), (96, 256, True, False)] + (
-        [] if quant else [(64, 48, False, False)])
+    cases = [(200, 160, True, False, None), (130, 96, False, False, None), (96, 256, True, False, None)] + (
+        [] if quant else [(64, 48, False, False, None)])
     # swiglu: N not a multiple of 4 (value stores) in f32; an odd slice count where K allows (q: K % 32)
-    cases.append((200, 160, False, True) if quant else (130 if wdtype == "float32" else 200, 112, False, True))
-    cases.append((72, 256, False, True))  # split-K 2 and 4 of the SwiGLU GEMM
-    for n, k, res, swiglu in cases:
-        bufs = [encode(rng.standard_normal((n, k)).astype(np.float32), fmt) for _ in range(1 + swiglu)]
-        vals = [decode(b, (n, k), fmt).astype(np.float64) for b in bufs]
-        w, u = vals[0], vals[-1]
-        ws = [x for b in bufs for x in ([b, b] if quant else [b.view(_NP[wdtype]).reshape(n, k)])]
-        scratch, variants = gemm.schedules(n, k, wdtype, res, swiglu, rows=ROWS, max_bytes=1 << 30)
+    cases.append((200, 160, False, True, None) if quant else (130 if wdtype == "float32" else 200, 112, False, True,
+                                                              None))
+    cases.append((72, 256, False, True, None))  # split-K 2 and 4 of the SwiGLU GEMM
+    cases.append((512, 128, False, False, (256, 128, 128)))  # packed: tiles of every segment, split-K too
+    for n, k, res, swiglu, packed in cases:
+        heights = packed or (n,) * (1 + swiglu)
+        bufs = [encode(rng.standard_normal((m, k)).astype(np.float32), fmt) for m in heights]
+        vals = [decode(b, (m, k), fmt).astype(np.float64) for b, m in zip(bufs, heights, strict=True)]
+        w, u = (np.concatenate(vals) if packed else vals[0]), vals[-1]
+        ws = [x for b, m in zip(bufs, heights, strict=True)
+              for x in ([b, b] if quant else [b.view(_NP[wdtype]).reshape(m, k)])]
+        scratch, variants = gemm.schedules(n, k, wdtype, res, swiglu, rows=ROWS, max_bytes=1 << 30, packed=packed)
         nargs = 2 + len(ws) + res + len(scratch)
         assert len(variants) >= 6
-        assert k % 32 or any("split-K 2" in name for name, _ in variants)
-        assert k % 64 or any("split-K 4" in name for name, _ in variants)
+        # split-K where every split gets two 16-wide slices, uneven ones included (K = 160: 10 slices)
+        assert all(k // 16 < 2 * s or any(f"split-K {s})" in name for name, _ in variants) for s in (2, 3, 4, 8))
         for name, builder in variants:
             spec = KernelSpec(f"g{n}x{k}", "gemm", builder, [f"x{i}" for i in range(nargs)], [nargs - 1],
                               variants=[(name, builder)])

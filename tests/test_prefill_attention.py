@@ -19,16 +19,17 @@ from lowering.pipeline import lower
 from lowering.plan import plan_memory
 
 
-@pytest.mark.parametrize("nh,nkv,hd,kv_dtype,q_norm", [(4, 4, 16, "float32", False), (4, 2, 16, "float16", True),
-                                                        (8, 2, 16, "float16", False), (8, 2, 16, "float32", True),
-                                                        (16, 8, 128, "float16", True)])
-def test_every_prefill_attention_schedule_against_numpy(nh, nkv, hd, kv_dtype, q_norm):
+@pytest.mark.parametrize("nh,nkv,hd,kv_dtype,q_norm,packed", [
+    (4, 4, 16, "float32", False, False), (4, 2, 16, "float16", True, False), (8, 2, 16, "float16", False, False),
+    (8, 2, 16, "float32", True, False), (16, 8, 128, "float16", True, False), (4, 2, 16, "float16", True, True)])
+def test_every_prefill_attention_schedule_against_numpy(nh, nkv, hd, kv_dtype, q_norm, packed):
     """Each schedule the tuner may pick (``pa.VARIANTS``), GQA groups 1, 2 and 4 (several heads
     per workgroup) and the real head_dim, f16 and f32 caches, with and without the q RMSNorm +
     RoPE prologue: one row, chunks that are not a multiple of any tile, with and without cached
     positions before the chunk (``past > 0``: a later prefill chunk), over a cache poisoned with
     NaN past ``total`` (never read into the result) into a NaN-poisoned output (every element
-    written)."""
+    written). ``packed``: q is the first ``nh * hd`` values of packed [q | k | v] rows (the k and v
+    parts NaN: never read)."""
     from lowering.build import build_kernel
     from lowering.kernels.elementwise import rope_tables
     from lowering.kernels.spec import KernelSpec
@@ -42,13 +43,15 @@ def test_every_prefill_attention_schedule_against_numpy(nh, nkv, hd, kv_dtype, q
     ctx, group, rope = 320, nh // nkv, "default(theta=1000000.0)"
     tilings = pa.tilings(hd, group)
     assert len(tilings) == len(pa.VARIANTS)
-    attrs = {"scale": hd ** -0.5, "gqa_group": group, **({"q_norm_eps": 1e-6, "rope": rope} if q_norm else {})}
+    attrs = {"scale": hd ** -0.5, "gqa_group": group, **({"q_norm_eps": 1e-6, "rope": rope} if q_norm else {}),
+             **({"q_packed": True} if packed else {})}
+    width = (nh + 2 * nkv) * hd if packed else 0
     node = Node("attn", "prefill_attention", [], (), "float32", attrs)
     qn = (1e-6, "float32") if q_norm else None
     consts = [make_constant(c) for c in rope_tables(rope, hd, ctx)] if q_norm else []
     for t in tilings:
         name = t.name()
-        build = lambda t=t: pa.prefill_attention_func(nh, nkv, hd, ctx, hd ** -0.5, kv_dtype, t, qn)  # noqa: E731
+        build = lambda t=t: pa.prefill_attention_func(nh, nkv, hd, ctx, hd ** -0.5, kv_dtype, t, qn, width)  # noqa: E731
         nargs = 4 + 3 * q_norm
         spec = KernelSpec(name, "attention", build, [f"x{i}" for i in range(nargs)], [nargs - 1],
                           variants=[(name, build)])
@@ -58,6 +61,8 @@ def test_every_prefill_attention_schedule_against_numpy(nh, nkv, hd, kv_dtype, q
         for seq, past in ((1, 0), (7, 0), (33, 5), (64, 0), (17, 100), (70, 200)):
             total = seq + past
             q = rng.standard_normal((seq, nh, hd)).astype(np.float32)
+            if packed:
+                q = np.concatenate([q.reshape(seq, nh * hd), np.full((seq, width - nh * hd), np.nan, np.float32)], 1)
             k, v = (rng.standard_normal((nkv, ctx, hd)).astype(kv_dtype) for _ in range(2))
             k[:, total:], v[:, total:] = np.nan, np.nan
             w = (rng.standard_normal(hd) * 0.5 + 1).astype(np.float32)
@@ -99,7 +104,7 @@ def test_pass_fuses_prefill_attention_and_shrinks_the_plan(cfg06):
     assert not p.by_op("softmax") and not p.by_op("transpose") and not p.by_op("rms_norm_rope")
     assert not [m for m in p.by_op("matmul") if len(m.shape) == 4]
     att = p["layers.0.attention"]
-    assert att.inputs == ["layers.0.reshape", "layers.0.k_all", "layers.0.v_all", "layers.0.self_attn.q_norm.weight"]
+    assert att.inputs == ["layers.0.qkv_proj", "layers.0.k_all", "layers.0.v_all", "layers.0.self_attn.q_norm.weight"]
     assert att.shape == ("seq", 2048) and att.attrs["gqa_group"] == 2 and att.attrs["q_norm_eps"] == 1e-6
     assert att.attrs["scale"] == pytest.approx(128 ** -0.5) and att.attrs["rope"] == "default(theta=1000000.0)"
     assert p["layers.0.o_proj"].inputs[0] == "layers.0.attention"
@@ -117,6 +122,30 @@ def test_pass_fuses_prefill_attention_and_shrinks_the_plan(cfg06):
     # decode keeps its own fusion
     d = lower(trace(cfg06, "decode"), opts)
     assert not d.by_op("prefill_attention") and d.by_op("attention_partial")
+
+
+def test_pass_packs_prefill_qkv(cfg06):
+    """Prefill's q, k and v GEMMs become one packed GEMM: the attention reads q from its rows, the
+    k and v cache writes their slices; the three matmuls keep their classification. Off, or where
+    no GEMM tiling's columns divide the k and v widths (32 at the tiny preset), the three stay."""
+    p = lower(trace(cfg06, "prefill"), LowerOptions("float16", 4608, 512))
+    qkv = p["layers.0.qkv_proj"]
+    assert len(p.by_op("fused_gemm")) == 2 * 28  # q | k | v and SwiGLU per layer
+    assert qkv.op == "fused_gemm" and qkv.attrs["packed"] and qkv.shape == ("seq", 4096)
+    assert qkv.inputs == ["layers.0.attn_norm", *(f"layers.0.self_attn.{x}_proj.weight" for x in "qkv")]
+    assert [m["kernel_class"] for m in qkv.meta["fused_matmuls"]] == ["gemm"] * 3
+    assert p["layers.0.attention"].attrs["q_packed"]
+    kw, vw = p["layers.0.k_cache_write"], p["layers.0.v_cache_write"]
+    assert kw.inputs[1] == vw.inputs[1] == qkv.name and kw.attrs["norm_eps"] == 1e-6
+    assert (kw.attrs["packed_offset"], vw.attrs["packed_offset"]) == (2048, 3072)
+    assert not [n for n in p.nodes() if n.name.endswith((".q_proj", ".k_proj", ".v_proj"))]
+
+    off = lower(trace(cfg06, "prefill"), LowerOptions("float16", 4608, 512, fuse_prefill_qkv=False))
+    assert not [n for n in off.by_op("fused_gemm") if n.attrs.get("packed")]
+    assert off["layers.0.attention"].inputs[0] == "layers.0.reshape"
+    tiny = parse_config(make_config("tiny", "f32"), Path("config.json"))
+    assert not [n for n in lower(trace(tiny, "prefill"), LowerOptions("float32", 128, 32)).by_op("fused_gemm")
+                if n.attrs.get("packed")]
 
 
 def test_unfused_paths_kernels_against_numpy(compiled):

@@ -28,7 +28,8 @@ loads, see gemv.py for why). These are classic SIMT tilings with vec4 everywhere
 k/v) is 32 tiles of 128 x 128, a quarter of an H200's 132 SMs, so such GEMMs ran 64 x 64 tiles at
 4 x 4 per thread (21 TFLOP/s where 128 x 128 at 8 x 8 reaches 33 on a full grid). A split-K tiling
 runs ``splits`` workgroups per C tile, each over ``K / splits`` (blockIdx.y is (split, column
-tile)), in one dispatch: each stores its accumulators as a record in a scratch buffer, fences it
+tile); the slice counts of the splits differ by at most one where ``splits`` does not divide
+them), in one dispatch: each stores its accumulators as a record in a scratch buffer, fences it
 (``storageBarrier()``) and takes a ticket from the tile's arrival counter; the last to arrive sums
 the records in split order (the same float sum whichever workgroup is last: deterministic),
 applies the epilogue and resets the counter. This is the fused attention merge's pattern
@@ -100,10 +101,11 @@ class Tiling:
                 f"{f', split-K {self.splits}' if self.splits > 1 else ''})")
 
     def fits(self, k: int, swiglu: bool = False) -> bool:
-        """Whether this tiling divides K; with ``swiglu``, whether each thread's column quads split
+        """Whether this tiling's slices divide K (at least two per split: the splits' slice counts
+        differ by at most one, ``first_slice``); with ``swiglu``, whether each thread's column quads split
         into matching gate and up halves (an even ``pn / 4``) and the gate | up boundary of the W
         blocks falls on a warp boundary (``bn`` a multiple of 64; module docstring)."""
-        return k % (self.bk * self.splits) == 0 and (not swiglu or (
+        return k % self.bk == 0 and k // self.bk >= 2 * self.splits and (not swiglu or (
             self.pn % 8 == 0 and self.bn % 64 == 0 and self.bn // 8 * self.bk // 4 % 32 == 0))
 
     def tiles(self, n: int, rows: int, swiglu: bool = False) -> int:
@@ -123,25 +125,32 @@ class Tiling:
 
 
 def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
-                    swiglu: bool = False, rows: int = 0) -> Callable[[], object]:
+                    swiglu: bool = False, rows: int = 0, packed: tuple[int, int, int] | None = None
+                    ) -> Callable[[], object]:
     """The builder of one ``Tiling`` (module docstring: layout, loads, pipelining); ``swiglu``:
     ``C = silu(A W^T) * (A U^T)``, the tile's columns half W rows, half the same U rows. ``rows``
     (the prefill chunk: the most rows of C), when > 0: the kernel takes the split-K scratch and
     counters (``P``, ``CNT``) as params, used by split-K tilings (module docstring) and left
     unbound by the others (TVM drops unused buffer params), so every variant of a kernel takes the
-    same args."""
+    same args. ``packed=(n_w, n_u, n_x)``: ``C = [A W^T | A U^T | A X^T]`` (N = their sum), each
+    segment a multiple of ``bn``: a column tile lies in one weight, picked by a workgroup-uniform
+    branch (prefill q | k | v, ``lowering.fuse_prefill_qkv``)."""
     bm, bn, pm, pn, bk, stages, splits = t.bm, t.bn, t.pm, t.pn, t.bk, t.stages, t.splits
     assert pm % 4 == 0 and pn % 4 == 0 and bk % 4 == 0 and stages in (1, 2), t
     assert not (swiglu and residual) and t.fits(k, swiglu) and (splits == 1 or rows > 0), t
+    assert packed is None or (sum(packed) == n and not swiglu and all(s % bn == 0 for s in packed)), (t, packed)
     tm, tn = bm // pm, bn // pn  # threads along M and N
     nt = tm * tn
-    bk4, k4, steps = bk // 4, k // 4, k // bk // splits  # steps: K slices per split
+    bk4, k4, slices = bk // 4, k // 4, k // bk  # K slices in all
     qm, qn, pqm, pqn = bm // 4, bn // 4, pm // 4, pn // 4  # quads per tile / per thread
     nacc = pm * pqn  # vec4 accumulators per thread
     na, nw = qm * bk4, qn * bk4  # 4x4 blocks per K slice, A then W: block ids [0, na + nw)
     assert qm % 8 == 0 and qn % 8 == 0 and na % 32 == 0, t  # whole warps on either side
     loads = (na + nw + nt - 1) // nt  # blocks per thread per slice
     rw = WeightRead(wdtype, n, k)
+    # the weight params' reads: W (and swiglu's U) of n rows, or the packed segments
+    rws = [WeightRead(wdtype, s, k) for s in packed] if packed else [rw, rw, rw]
+    three = packed is not None  # (TVMScript's `if` takes a bool, not a tuple)
     vec_out = n % 4 == 0  # C and R as vec4 rows (else per-value stores)
     cdt, cols = ("float32x4", n // 4) if vec_out else ("float32", n)
     # swiglu: W blocks [0, nw / 2) are gate rows, [nw / 2, nw) the same rows of up; C columns per
@@ -154,8 +163,14 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
     def col_tile(y):
         return y % nby if splits > 1 else y
 
-    def split_of(y):  # the workgroup's split of K: slices [split * steps, (split + 1) * steps)
+    def split_of(y):  # the workgroup's split of K
         return y // nby if splits > 1 else 0
+
+    def first_slice(sk):
+        """Split ``sk``'s K slices are [first_slice(sk), first_slice(sk + 1)): as even as the slice
+        count allows (a Python int without splits; with splits whose count divides the slices the
+        simplifier folds the difference to a constant, else the trip count is a run-time value)."""
+        return sk * slices // splits
 
     def record(sk, tile, i, tid):
         """Accumulator i of thread tid in split sk's record of C tile ``tile``: tile-major, so the
@@ -172,9 +187,11 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
     def a_vec(A, seq, bx, b, r, ks):
         return A[T.min(bx * bm + quad(b) * 4 + r, seq - 1), ks * bk4 + kq(b)]
 
-    def w_vec(W, WS, by, b, r, ks):
-        """Row ``r`` of W block ``b`` of slice ``ks``: 4 values along K as f32 (any weight format)."""
-        return rw.vec4(W, WS, T.min(by * ob + quad(b) * 4 + r, n - 1), ks * bk4 + kq(b))
+    def w_vec(W, WS, by, b, r, ks, seg: int = 0):
+        """Row ``r`` of W block ``b`` of slice ``ks``: 4 values along K as f32 (any weight format);
+        ``seg``: the packed segment W is (its rows start ``sum(packed[:seg])`` columns into C)."""
+        off, rows_w = (sum(packed[:seg]), packed[seg]) if packed else (0, n)
+        return rws[seg].vec4(W, WS, T.min(by * ob + quad(b) * 4 + r - off, rows_w - 1), ks * bk4 + kq(b))
 
     def column(pv, l, c):  # value c of the block's 4 row vectors: its 4 rows at one k, as a vec4
         return T.Shuffle([pv[l * 4], pv[l * 4 + 1], pv[l * 4 + 2], pv[l * 4 + 3]], [c, 4 + c, 8 + c, 12 + c])
@@ -194,9 +211,10 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
         return g / (T.Broadcast(T.float32(1), 4) + T.exp(-g)) * acc[i * pqn + j + pqo]
 
     @T.macro
-    def fetch(A, W, WS, U, US, pv, seq, bx, by, tid, ks):
+    def fetch(A, W, WS, U, US, X, XS, pv, seq, bx, by, tid, ks):
         """Global -> registers: this thread's blocks of slice ``ks`` (A blocks first, then W, then
-        with ``swiglu`` U; the splits fall on warp boundaries, so the branches are uniform per warp)."""
+        with ``swiglu`` U; the splits fall on warp boundaries, so the branches are uniform per warp;
+        ``packed``: the column tile's weight, uniform per workgroup)."""
         for l in T.unroll(loads):
             if tid + l * nt < na:
                 for r in T.unroll(4):
@@ -209,6 +227,16 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
                     else:  # up's rows: the tile's second half
                         for r in T.unroll(4):
                             pv[l * 4 + r] = w_vec(U, US, by, tid + l * nt - na - nwg, r, ks)
+                elif three:
+                    if by * ob < packed[0]:
+                        for r in T.unroll(4):
+                            pv[l * 4 + r] = w_vec(W, WS, by, tid + l * nt - na, r, ks, 0)
+                    elif by * ob < packed[0] + packed[1]:
+                        for r in T.unroll(4):
+                            pv[l * 4 + r] = w_vec(U, US, by, tid + l * nt - na, r, ks, 1)
+                    else:
+                        for r in T.unroll(4):
+                            pv[l * 4 + r] = w_vec(X, XS, by, tid + l * nt - na, r, ks, 2)
                 else:
                     for r in T.unroll(4):
                         pv[l * 4 + r] = w_vec(W, WS, by, tid + l * nt - na, r, ks)
@@ -259,9 +287,10 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
     @functools.cache  # parsing the script is most of the build time; a PrimFunc is immutable
     def build():
         @T.prim_func(private=True)
-        def gemm(var_a: T.handle, W: T.Buffer((n, rw.units), dtype=rw.unit),
-                 WS: T.Buffer((rw.scale_len,), "float16"), U: T.Buffer((n, rw.units), dtype=rw.unit),
-                 US: T.Buffer((rw.scale_len,), "float16"), var_r: T.handle, P: T.Buffer((p_len,), "float32x4"),
+        def gemm(var_a: T.handle, W: T.Buffer((rws[0].rows, rw.units), dtype=rw.unit),
+                 WS: T.Buffer((rws[0].scale_len,), "float16"), U: T.Buffer((rws[1].rows, rw.units), dtype=rw.unit),
+                 US: T.Buffer((rws[1].scale_len,), "float16"), X: T.Buffer((rws[2].rows, rw.units), dtype=rw.unit),
+                 XS: T.Buffer((rws[2].scale_len,), "float16"), var_r: T.handle, P: T.Buffer((p_len,), "float32x4"),
                  CNT: T.Buffer((cnt_len,), "int32"), var_c: T.handle):
             seq = T.int32()
             A = T.match_buffer(var_a, (seq, k4), "float32x4")
@@ -281,16 +310,17 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
                             pv = T.alloc_buffer((loads * 4,), "float32x4", scope="local")
                             ticket = T.alloc_buffer((1,), "float32", scope="local")  # split-K only
                             cy = T.meta_var(col_tile(by))
-                            k0 = T.meta_var(split_of(by) * steps)
+                            k0 = T.meta_var(first_slice(split_of(by)))
+                            steps = T.meta_var(first_slice(split_of(by) + 1) - first_slice(split_of(by)))
                             tid = T.meta_var(ty * tn + tx)
                             for i in T.unroll(nacc):
                                 acc[i] = T.Broadcast(T.float32(0), 4)
-                            fetch(A, W, WS, U, US, pv, seq, bx, cy, tid, k0)
+                            fetch(A, W, WS, U, US, X, XS, pv, seq, bx, cy, tid, k0)
                             if stages == 1:
                                 for ko in range(steps):
                                     stash(a0, w0, pv, tid)
                                     T.tvm_storage_sync("shared")
-                                    fetch(A, W, WS, U, US, pv, seq, bx, cy, tid, k0 + T.min(ko + 1, steps - 1))
+                                    fetch(A, W, WS, U, US, X, XS, pv, seq, bx, cy, tid, k0 + T.min(ko + 1, steps - 1))
                                     multiply(a0, w0, av, wv, acc, ty, tx)
                                     T.tvm_storage_sync("shared")
                             else:
@@ -298,11 +328,12 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
                                 stash(a0, w0, pv, tid)
                                 T.tvm_storage_sync("shared")
                                 for kp in range(steps // 2):
-                                    fetch(A, W, WS, U, US, pv, seq, bx, cy, tid, k0 + kp * 2 + 1)
+                                    fetch(A, W, WS, U, US, X, XS, pv, seq, bx, cy, tid, k0 + kp * 2 + 1)
                                     multiply(a0, w0, av, wv, acc, ty, tx)
                                     stash(a1, w1, pv, tid)
                                     T.tvm_storage_sync("shared")
-                                    fetch(A, W, WS, U, US, pv, seq, bx, cy, tid, k0 + T.min(kp * 2 + 2, steps - 1))
+                                    fetch(A, W, WS, U, US, X, XS, pv, seq, bx, cy, tid,
+                                          k0 + T.min(kp * 2 + 2, steps - 1))
                                     multiply(a1, w1, av, wv, acc, ty, tx)
                                     stash(a0, w0, pv, tid)
                                     T.tvm_storage_sync("shared")
@@ -338,8 +369,10 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
                                             acc[i] = acc[i] + P[record(s2 + 1, bx * nby + cy, i, tid)]
                                     store(C, R, acc, seq, bx, cy, ty, tx)
 
-        unused = {name for name, used in (("R", residual), ("WS", rw.quantized), ("U", swiglu),
-                                          ("US", swiglu and rw.quantized), ("P", rows > 0), ("CNT", rows > 0))
+        two = swiglu or three  # weight params in use: W, U, X
+        unused = {name for name, used in (("R", residual), ("WS", rw.quantized), ("U", two),
+                                          ("US", two and rw.quantized), ("X", three), ("XS", three and rw.quantized),
+                                          ("P", rows > 0), ("CNT", rows > 0))
                   if not used}
         return tirx.PrimFunc([p for p in gemm.params if p.name not in unused], gemm.body, gemm.ret_type, gemm.attrs)
 
@@ -362,18 +395,37 @@ TILINGS = (
     Tiling(128, 128, 8, 8, 16, 2, 2),
     Tiling(128, 128, 8, 8, 16, 2, 4),
     Tiling(128, 64, 8, 8, 16, 2, 2),
+    # 3 and 8: the 4B's o and down (80 tiles at a 512-row chunk) as 240 workgroups, one wave at two
+    # per SM where split-K 4's 320 leave a second wave a fifth full; the 0.6B's N = 1024 GEMMs (32
+    # tiles) as 256
+    Tiling(128, 128, 8, 8, 16, 2, 3),
+    Tiling(128, 128, 8, 8, 16, 2, 8),
 )
 
 
-def split_tilings(n: int, k: int, rows: int, swiglu: bool, max_bytes: int) -> list[Tiling]:
+def _fits(t: Tiling, k: int, swiglu: bool, packed: tuple[int, ...] | None) -> bool:
+    """``Tiling.fits``, and with ``packed`` every segment a whole number of column tiles."""
+    return t.fits(k, swiglu) and (packed is None or all(s % t.bn == 0 for s in packed))
+
+
+def packs(k: int, packed: tuple[int, ...]) -> bool:
+    """Whether some tiling computes the packed GEMM of weights with these row counts (each a whole
+    number of its column tiles)."""
+    return any(_fits(t, k, False, packed) for t in TILINGS if t.splits == 1)
+
+
+def split_tilings(n: int, k: int, rows: int, swiglu: bool, max_bytes: int,
+                  packed: tuple[int, ...] | None = None) -> list[Tiling]:
     """The split-K tilings that fit a GEMM of N=``n``, K=``k`` (``swiglu``: the SwiGLU GEMM of two
-    such weights) over up to ``rows`` rows, their records within one binding of ``max_bytes``."""
+    such weights; ``packed``: of weights with these row counts side by side) over up to ``rows``
+    rows, their records within one binding of ``max_bytes``."""
     return [t for t in TILINGS
-            if t.splits > 1 and t.fits(k, swiglu) and 16 * t.scratch_vec4s(n, rows, swiglu) <= max_bytes]
+            if t.splits > 1 and _fits(t, k, swiglu, packed) and 16 * t.scratch_vec4s(n, rows, swiglu) <= max_bytes]
 
 
 def schedules(n: int, k: int, wdtype: str, residual: bool, swiglu: bool = False, rows: int = 0,
-              max_bytes: int = 0) -> tuple[list[str], list[tuple[str, Callable[[], object]]]]:
+              max_bytes: int = 0, packed: tuple[int, int, int] | None = None
+              ) -> tuple[list[str], list[tuple[str, Callable[[], object]]]]:
     """The extra args the GEMM takes and every tiling that fits as a named variant (the first built
     by default, the tuner picks among all). ``swiglu`` (``C = silu(A W^T) * (A U^T)``): the tilings
     that fit it (``Tiling.fits``). ``rows`` > 0 (the prefill chunk): the ``split_tilings`` too, and
@@ -381,9 +433,10 @@ def schedules(n: int, k: int, wdtype: str, residual: bool, swiglu: bool = False,
     (float32, named for the largest) and the arrival counters (int32 zeros, one per C tile; every
     kernel leaves them at zero, so GEMMs of one size share them). The runtime allocates them only
     if the tuner's choice binds them, and the records as one buffer per step, as large as the
-    chosen schedules declare (one dispatch runs at a time)."""
-    split = split_tilings(n, k, rows, swiglu, max_bytes) if rows > 0 else []
+    chosen schedules declare (one dispatch runs at a time). ``packed``: ``C = [A W^T | A U^T | A X^T]``
+    over weights of these row counts (N their sum), by the tilings whose column tiles divide each."""
+    split = split_tilings(n, k, rows, swiglu, max_bytes, packed) if rows > 0 else []
     args = [f"{SCRATCH_PREFIX}{max(t.scratch_vec4s(n, rows, swiglu) for t in split)}x4",
             f"const:counters:{max(t.tiles(n, rows, swiglu) for t in split)}x1"] if split else []
-    return args, [(t.label(swiglu), outer_gemm_func(n, k, wdtype, residual, t, swiglu, rows if split else 0))
-                  for t in TILINGS if t.fits(k, swiglu) and (t.splits == 1 or t in split)]
+    return args, [(t.label(swiglu), outer_gemm_func(n, k, wdtype, residual, t, swiglu, rows if split else 0, packed))
+                  for t in TILINGS if _fits(t, k, swiglu, packed) and (t.splits == 1 or t in split)]

@@ -59,17 +59,22 @@ def _split_k_rows(opts: LowerOptions) -> int:
 
 @generator("fused_gemm")
 def fused_gemm(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
-    """Prefill SwiGLU ``silu(x W^T) * (x U^T)``: one GEMM over both weights (``gemm.schedules``
-    with ``swiglu``; ``lowering.fuse_prefill_swiglu``). Its cost counts both weights' GEMMs."""
-    a, w, u = (g[i] for i in node.inputs)
-    n, K = w.shape
-    scratch, variants = gemm.schedules(n, K, w.dtype, False, swiglu=True, rows=_split_k_rows(opts),
-                                       max_bytes=opts.max_binding_bytes)
-    args = [a.name, *weight_args(w), *weight_args(u), *scratch]
-    return KernelSpec(f"fused_gemm:swiglu:{shape_key(a)}x{shape_key(w)}" + (":splitk" if scratch else ""), "gemm",
+    """One GEMM over several weights (``gemm.schedules``): SwiGLU ``silu(x W^T) * (x U^T)``
+    (``lowering.fuse_prefill_swiglu``) or packed ``[x Wq^T | x Wk^T | x Wv^T]``
+    (``lowering.fuse_prefill_qkv``). Its cost counts every weight's GEMM."""
+    a, *ws = (g[i] for i in node.inputs)
+    K = ws[0].shape[1]
+    swiglu = bool(node.attrs.get("swiglu"))
+    packed = None if swiglu else tuple(w.shape[0] for w in ws)
+    n = ws[0].shape[0] if swiglu else sum(packed)
+    scratch, variants = gemm.schedules(n, K, ws[0].dtype, False, swiglu=swiglu, rows=_split_k_rows(opts),
+                                       max_bytes=opts.max_binding_bytes, packed=packed)
+    args = [a.name, *(arg for w in ws for arg in weight_args(w)), *scratch]
+    mode = "swiglu" if swiglu else f"packed{list(packed)}"
+    return KernelSpec(f"fused_gemm:{mode}:{shape_key(a)}x{shape_key(ws[0])}" + (":splitk" if scratch else ""), "gemm",
                       variants[0][1], [*args, node.name], [len(args)],
-                      flops=f"4*{numel_expr(node.shape, opts.max_context)}*{K}",
-                      bytes=bytes_expr([a, w, u, node], opts.max_context), variants=variants)
+                      flops=f"2*seq*{K * sum(w.shape[0] for w in ws)}",
+                      bytes=bytes_expr([a, *ws, node], opts.max_context), variants=variants)
 
 
 def _attention_matmul(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:

@@ -49,18 +49,20 @@ def embedding(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
                       bytes=f"{bytes_expr([ids, node], ctx)} + seq*{row_bytes}")
 
 
-def _kv_write_func(nkv: int, ctx: int, hd: int, cdtype: str):
+def _kv_write_func(nkv: int, ctx: int, hd: int, cdtype: str, packed: tuple[int, int] | None):
     """TIR, not TE: the cache (of dtype ``cdtype``) is updated in place (TE can only produce
-    fresh tensors)."""
+    fresh tensors). ``packed=(offset, width)``: the rows are read from a packed [seq, width]
+    QKV output (else ``new`` is [seq, nkv * hd])."""
+    off, width = packed or (0, nkv * hd)
 
     @T.prim_func(private=True, s_tir=True)
     def kv_write(cache: T.Buffer((nkv, ctx, hd), cdtype), var_new: T.handle, total: T.int32):
         seq = T.int32()
-        new = T.match_buffer(var_new, (seq, nkv, hd))
+        new = T.match_buffer(var_new, (seq, width))
         for i, h, d in T.grid(seq, nkv, hd):
             with T.sblock("write"):
                 vi, vh, vd = T.axis.remap("SSS", [i, h, d])
-                cache[vh, total - seq + vi, vd] = T.Cast(cdtype, new[vi, vh, vd])
+                cache[vh, total - seq + vi, vd] = T.Cast(cdtype, new[vi, off + vh * hd + vd])
 
     return kv_write
 
@@ -111,21 +113,22 @@ def kv_cache_write(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     cache, new = g[node.inputs[0]], g[node.inputs[1]]
     nkv, _, hd = cache.shape
     ctx = opts.max_context
+    packed = None
+    if node.attrs.get("packed_offset") is not None:
+        packed = (int(node.attrs["packed_offset"]), int(new.shape[1]))
     if node.attrs.get("norm_eps") is not None:
         w = g[node.inputs[2]]
         eps = float(node.attrs["norm_eps"])
         consts = rope_tables(node.attrs["rope"], hd, ctx)
-        packed = None
-        if node.attrs.get("packed_offset") is not None:
-            packed = (int(node.attrs["packed_offset"]), int(new.shape[1]))
         build = lambda: _norm_rope_write_func(nkv, ctx, hd, w.dtype, cache.dtype, eps, packed)  # noqa: E731
         return KernelSpec(f"kv_cache_write:norm_rope:{shape_key(cache)}x{ctx}:{w.dtype}:eps{eps}:{consts[0]}:{packed}",
                           "kv_write", build, [cache.name, new.name, w.name, *consts], [0], flops=f"7*seq*{nkv}*{hd}",
-                          bytes=f"{bytes_expr([new, w], ctx)} + {_row_bytes(cache)}",
+                          bytes=f"4*seq*{nkv * hd} + {bytes_expr([w], ctx)} + {_row_bytes(cache)}",
                           variants=[("norm-rope-write", build)])
-    return KernelSpec(f"kv_cache_write:{shape_key(cache)}x{ctx}", "kv_write",
-                      lambda: _kv_write_func(nkv, ctx, hd, cache.dtype), [cache.name, new.name], [0],
-                      bytes=f"{bytes_expr([new], ctx)} + {_row_bytes(cache)}")
+    # the bytes read: the rows' own values, not the whole packed row
+    return KernelSpec(f"kv_cache_write:{shape_key(cache)}x{ctx}:{packed}", "kv_write",
+                      lambda: _kv_write_func(nkv, ctx, hd, cache.dtype, packed), [cache.name, new.name], [0],
+                      bytes=f"4*seq*{nkv * hd} + {_row_bytes(cache)}")
 
 
 def _row_bytes(cache: Node) -> str:

@@ -1,14 +1,16 @@
-"""Ours beside llama.cpp at a glance: ``python benchmarks/plot.py OUT.png RESULTS.jsonl LLAMACPP.log...``
+"""Ours beside llama.cpp at a glance: ``python benchmarks/plot.py OUT.png RESULTS.jsonl LOG... [--device NAME]``
 
 Reads bench.py's results (one JSON line per metric, ``quantize`` names the format) and the
 ``LLAMACPP ...`` lines that ``benchmarks/gpu_suite.sh`` logs (prefixed with ``qtype=`` and
-``prompt=``), keeps the latest value per (model, format, metric), and draws three panels per
+``prompt=``), of one card (``--device``, default the H200: the lent machines are H100s or H200s
+and a bar pair must come from one card), keeps the latest value per (model, format, metric), and draws three panels per
 model size: decode tok/s after 128 tokens, decode at context 4096, prefill tok/s of 512 tokens,
 each as ours | llama.cpp bars per weight format (f16, q8, q4) that both have numbers for.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -20,22 +22,22 @@ PANELS = (("decode", "decode tok/s, context 128"), ("decode4k", "decode tok/s, c
           ("prefill", "prefill tok/s, 512-token prompt"))
 
 
-def ours(path: Path) -> dict[tuple[str, str, str], float]:
+def ours(path: Path, device: str) -> dict[tuple[str, str, str], float]:
     names = {"decode_tok_s": "decode", "decode_ctx4096_tok_s": "decode4k", "prefill512_tok_s": "prefill"}
     out = {}
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        if r.get("metric") in names and r.get("model") in SIZES and "H" in r.get("device", ""):
+        if r.get("metric") in names and r.get("model") in SIZES and r.get("device") == device:
             out[(SIZES[r["model"]], FORMATS[r.get("quantize") or "none"], names[r["metric"]])] = r["value"]
     return out
 
 
-def llamacpp(paths: list[Path]) -> dict[tuple[str, str, str], float]:
+def llamacpp(paths: list[Path], device: str) -> dict[tuple[str, str, str], float]:
     out = {}
     for p in paths:
         for line in p.read_text().splitlines():
             m = re.search(r"qtype=(\S+) prompt=(\d+) .*size=(\S+) .*prefill_tok_s=([\d.]+) decode_tok_s=([\d.]+)", line)
-            if not m:
+            if not m or f'device="{device}"' not in line:
                 continue
             q, prompt, size, prefill, decode = m.groups()
             if prompt == "4096":
@@ -52,8 +54,14 @@ def main(argv: list[str]) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    png, results, *logs = argv
-    a, b = ours(Path(results)), llamacpp([Path(p) for p in logs])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("png")
+    ap.add_argument("results", type=Path)
+    ap.add_argument("logs", nargs="+", type=Path)
+    ap.add_argument("--device", default="NVIDIA H200", help="the card whose numbers to draw (default: %(default)s)")
+    args = ap.parse_args(argv)
+    png = args.png
+    a, b = ours(args.results, args.device), llamacpp(args.logs, args.device)
     sizes = sorted({k[0] for k in a}, key=lambda s: float(s[:-1]))
     fig, axes = plt.subplots(len(sizes), len(PANELS), figsize=(13, 3.4 * len(sizes)), squeeze=False)
     for row, size in enumerate(sizes):
@@ -68,7 +76,7 @@ def main(argv: list[str]) -> int:
             ax.set_title(f"Qwen3-{size} shape: {title}", fontsize=9)
             if row == 0 and col == 0:
                 ax.legend(fontsize=8)
-    fig.suptitle("NVIDIA H200 through Vulkan, batch 1, random weights; both in the same device call", fontsize=10)
+    fig.suptitle(f"{args.device} through Vulkan, batch 1, random weights; both in the same device call", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     print(f"wrote {png}")

@@ -15,11 +15,17 @@ from runtime.tune import _choose, tune
 from tests.cli import error_line
 
 
-def test_tune_then_generate(compiled, tmp_path):
-    src = compiled("tiny", "f32", "float32", candidates=True)
+def test_tune_then_generate(compiled, tmp_path, capsys):
+    """Every kernel with alternates gets a choice among its candidates, decode attention's by its
+    times at a short and a long context (here the module's 256), and the tuned module generates
+    what the untuned one does."""
+    src = compiled("tiny", "f32", "float32", max_context=256, candidates=True)
     mod = tmp_path / "tuned.vkmod"
     shutil.copytree(src, mod)
     out = tune(mod, reps=3)
+    printed = capsys.readouterr().out
+    assert "(layers.0.pv, " in printed and "sum over contexts 128 + 256" in printed
+    assert printed.count("sum over contexts") == printed.count("(layers.0.pv, ")  # attention alone
     manifest = load_manifest(mod)
     assert out["choices"] and set(out["choices"]) == {k for k, v in manifest.kernels.items() if v.alternates}
     for main, rows in out["measurements"].items():

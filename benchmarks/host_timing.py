@@ -43,7 +43,7 @@ def main() -> int:
         q.write_buffer(ex.ids, 0, np.asarray([tok], np.int32).tobytes())
         q.write_buffer(ph.pod_buffer, 0, pods.tobytes())
         t3 = time.perf_counter()
-        enc = ex._encode(ph, grids, False)
+        enc = ex._encode(ph, grids, 1)
         enc.copy_buffer_to_buffer(ph.logits, 0, ex.staging, 0, 4 * ex.vocab)
         q.submit([enc.finish()])
         t4 = time.perf_counter()

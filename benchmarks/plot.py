@@ -3,7 +3,8 @@
 Reads bench.py's results (one JSON line per metric, ``quantize`` names the format) and the
 ``LLAMACPP ...`` lines that ``benchmarks/gpu_suite.sh`` logs (prefixed with ``qtype=`` and
 ``prompt=``), of one card (``--device``, default the H200: the lent machines are H100s or H200s
-and a bar pair must come from one card), keeps the latest value per (model, format, metric), and draws three panels per
+and a bar pair must come from one card), keeps the latest value per (model, format, metric) (so a
+pair of bars may come from two calls: RESULTS.md says which), and draws three panels per
 model size: decode tok/s after 128 tokens, decode at context 4096, prefill tok/s of 512 tokens,
 each as ours | llama.cpp bars per weight format (f16, q8, q4) that both have numbers for.
 """
@@ -76,7 +77,8 @@ def main(argv: list[str]) -> int:
             ax.set_title(f"Qwen3-{size} shape: {title}", fontsize=9)
             if row == 0 and col == 0:
                 ax.legend(fontsize=8)
-    fig.suptitle(f"{args.device} through Vulkan, batch 1, random weights; both in the same device call", fontsize=10)
+    fig.suptitle(f"{args.device} through Vulkan, batch 1, random weights; each bar its latest run "
+                 "(benchmarks/RESULTS.md names the device call of each)", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     print(f"wrote {png}")

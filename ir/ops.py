@@ -165,10 +165,13 @@ def _fused_gemm(ins, attrs):
     _need(bool(attrs.get("swiglu")) != bool(attrs.get("packed")), "fused_gemm: exactly one of swiglu / packed")
     _need(len(x) == 2 and all(len(w) == 2 and w[1] == x[1] for w, _ in ws),
           f"fused_gemm needs x [M,K] and weights [N,K], got {fmt(x)}, {[fmt(w) for w, _ in ws]}")
+    # the kernel reads every weight in one storage format (lowering.kernels.gemm)
+    _need(len({d for _, d in ws}) == 1, f"fused_gemm: weights of one dtype, got {[d for _, d in ws]}")
     if attrs.get("swiglu"):
         _need(len(ws) == 2 and tuple(ws[0][0]) == tuple(ws[1][0]),
               f"fused_gemm(swiglu) needs two weights of one shape, got {[fmt(w) for w, _ in ws]}")
         return (x[0], ws[0][0][0]), F32
+    _need(len(ws) == 3, f"fused_gemm(packed) takes three weights (q, k, v), got {len(ws)}")
     return (x[0], sum(w[0] for w, _ in ws)), F32
 
 
@@ -222,9 +225,10 @@ def _concat(ins, attrs):
 
 
 def _kv_cache_write(ins, attrs):
-    """Writes rows past..total of the cache in place. What is written: ``new`` [seq, kv, d]; with
-    ``norm_eps``/``rope``, rope(rms_norm(new, w)); with ``gemv``, the GEMV x [1, K] x W [kv*d, K]^T
-    (RMSNorm prologue when gemv.norm_eps) - the producer fused into the write."""
+    """Writes rows past..total of the cache in place. What is written: ``new`` [seq, kv, d] (with
+    ``packed_offset``, the ``kv * d`` values at that offset of each row of a packed [seq, N] q | k | v
+    output); with ``norm_eps``/``rope``, rope(rms_norm(new, w)); with ``gemv``, the GEMV x [1, K] x
+    W [kv*d, K]^T (RMSNorm prologue when gemv.norm_eps) - the producer fused into the write."""
     (cache, cd), (new, _), *extra = ins
     _need(len(cache) == 3, f"kv_cache_write: cache {fmt(cache)} is not [kv, ctx, d]")
     if attrs.get("packed_offset") is not None:  # rows read from a packed [seq, N] projection output

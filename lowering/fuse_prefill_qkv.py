@@ -42,7 +42,7 @@ def fuse_prefill_qkv(g: Graph, opts: LowerOptions) -> Graph:
     if is_decode(g) or not opts.fuse_prefill_qkv:
         return g
     g = g.copy()
-    _hoist_leaves(g)  # the packed GEMM, at q's place, reads weights traced after q
+    _hoist_leaves(g)  # the packed GEMM, at the first projection's place, reads weights traced after it
     for att in g.by_op("prefill_attention"):
         k_read, v_read = g[att.inputs[1]], g[att.inputs[2]]
         kw, vw = g[k_read.inputs[0]], g[v_read.inputs[0]]
@@ -62,8 +62,10 @@ def fuse_prefill_qkv(g: Graph, opts: LowerOptions) -> Graph:
         if len({(w.shape[1], w.dtype) for w in ws}) != 1 or not gemm.supports(k) or not gemm.packs(k, packed):
             continue
         q_mm = mms[0]
+        order = {n.name: i for i, n in enumerate(g.nodes())}
+        first = min(mms, key=lambda m: order[m.name])  # every reader of the packed rows comes after it
         name = g.fresh_name(q_mm.name.rsplit(".", 1)[0] + ".qkv_proj")
-        qkv = g.insert_before(q_mm, Node(
+        qkv = g.insert_before(first, Node(
             name, "fused_gemm", [q_mm.inputs[0], *(w.name for w in ws)],
             (q_mm.shape[0], sum(packed)), "float32", {"packed": True, "kernel_class": "gemm"},
             {"fused_matmuls": [_matmul_info(m) for m in mms],

@@ -274,7 +274,7 @@ def _gemv_with_norm(m: Node) -> bool:
 
 
 def _hoist_leaves(g: Graph) -> None:
-    """Inputs and weights first, in their order: a packed GEMV, at q's place, reads weights
+    """Inputs and weights first, in their order: a packed GEMV or GEMM, at q's place, reads weights
     traced after q."""
     first: Node | None = None  # the first op node: every leaf after it moves to just before it
     for n in g.nodes():

@@ -35,10 +35,32 @@ from runtime.weight_cache import load as load_packed
 # what the GPU memory of a loaded model is spent on (bench.py reports each)
 MEMORY_CLASSES = ("weights", "kv", "activations", "constants", "staging")
 UPLOAD_FLUSH_BYTES = 256 << 20
-# Share of a decode step's dispatches submitted before the rest is encoded; a prefill step's first
-# submit and the factor each later submit's end grows by (see Executor._encode).
+# Share of a short step's dispatches submitted before the rest is encoded; from LONG_STEP_ROWS rows
+# on, the first submit's dispatches and the factor each later submit's end grows by (submit_cuts).
 FIRST_SHARE = 0.375
-PREFILL_FIRST, PREFILL_GROWTH = 4, 4
+LONG_STEP_ROWS, LONG_FIRST, LONG_GROWTH = 64, 4, 4
+
+
+def submit_cuts(dispatches: int, seq: int) -> list[int]:
+    """Where a step of ``dispatches`` over ``seq`` new rows is cut into submits (``[0, .., dispatches]``).
+    A short step (decode, a short chat turn): two pieces. Measured on the H100 (qwen3-0.6b decode,
+    257 dispatches): encode + submit cost ~5 us per dispatch on the host, the GPU ~9 us, so the
+    first piece must keep the GPU busy while the host does the remaining ones: a share of 5 / (5 +
+    9) ~ 0.36 (96 dispatches: 268 -> 361 tok/s; equal pieces of 64 were slower than one submit:
+    each submit has a fixed cost). A long prefill: a dispatch over hundreds of rows keeps the GPU
+    busy many times as long as the host takes to encode one, so the GPU can start after 4 and each
+    piece can end 4x further (4, 16, 64, the rest): H200, 0.6B prefill-512 (259 dispatches),
+    medians of 12 interleaved runs (``benchmarks/submit_pieces.py``): 20.75 ms vs 21.34 with the
+    two pieces and 22.19 in one submit."""
+    cuts = [0]
+    if seq >= LONG_STEP_ROWS:
+        cut = LONG_FIRST
+        while cut < dispatches // 2:
+            cuts.append(cut)
+            cut *= LONG_GROWTH
+    elif dispatches >= 32:
+        cuts.append(int(dispatches * FIRST_SHARE))
+    return [*cuts, dispatches]
 
 
 def _align(n: int, a: int = 16) -> int:
@@ -254,7 +276,7 @@ class Executor:
         elif profile:
             return self._step_cpu_timed(ph, phase, grids, seq, total, read_logits)
         else:
-            enc = self._encode(ph, grids, phase == "prefill")
+            enc = self._encode(ph, grids, seq)
         vocab = self.vocab
         if read_logits:
             enc.copy_buffer_to_buffer(ph.logits, 0, self.staging, 0, 4 * vocab)
@@ -270,29 +292,13 @@ class Executor:
             prof = StepProfile(phase, seq, total, list((ts[1::2] - ts[0::2]) * 1e-9), timing)
         return logits, prof
 
-    def _encode(self, ph: _Phase, grids: list[tuple[int, int, int]], prefill: bool) -> Any:
-        """Encode the step's dispatches in pieces, each submitted before the next is encoded, so the
-        GPU starts while Python encodes (and wgpu validates, at submit) the rest. Decode: two
-        pieces. Measured on the H100 (qwen3-0.6b decode, 257 dispatches): encode + submit cost ~5
-        us per dispatch on the host, the GPU ~9 us, so the first piece must keep the GPU busy while
-        the host does the remaining ones: a share of 5 / (5 + 9) ~ 0.36 (96 dispatches: 268 -> 361
-        tok/s; equal pieces of 64 were slower than one submit: each submit has a fixed cost).
-        Prefill: a prefill dispatch keeps the GPU busy ~15x as long as the host takes to encode
-        one, so the GPU can start after 4 and each piece can end 4x further (4, 16, 64, the rest):
-        H200, 0.6B prefill-512 (259 dispatches), medians of 12 interleaved runs: 20.75 ms vs 21.34
-        with the decode split and 22.19 in one submit. Returns the last encoder, not yet submitted."""
-        cuts = [0]
-        if prefill:
-            cut = PREFILL_FIRST
-            while cut < len(grids) // 2:
-                cuts.append(cut)
-                cut *= PREFILL_GROWTH
-        elif len(grids) >= 32:
-            cuts.append(int(len(grids) * FIRST_SHARE))
-        cuts.append(len(grids))
-        pieces = list(zip(cuts[:-1], cuts[1:], strict=True))
+    def _encode(self, ph: _Phase, grids: list[tuple[int, int, int]], seq: int) -> Any:
+        """Encode the step's dispatches in pieces (``submit_cuts``), each submitted before the next
+        is encoded, so the GPU starts while Python encodes (and wgpu validates, at submit) the
+        rest. Returns the last encoder, not yet submitted."""
+        cuts = submit_cuts(len(grids), seq)
         enc = None
-        for start, stop in pieces:
+        for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
             if enc is not None:
                 self.device.queue.submit([enc.finish()])
             enc = self._encoded(ph, grids, start, stop)

@@ -7,8 +7,10 @@ candidate alone on the device (timestamp queries, weights rotated past the L2 ca
 rounds: on the H200 one schedule timed 82.5 us in one pass and 496 us in a later one when each
 candidate was timed in one go), prints the table (GB/s moved; TFLOP/s too for GEMMs; the spread
 is a candidate's slowest round over its fastest), and writes ``tuning.json`` into the module; later loads
-use the chosen schedules. Kernels are timed at a 128-position context (prefill: the chunk), decode
-attention also at ``LONG_CONTEXT`` (its candidates judged by the sum of the two times).
+use the chosen schedules. Kernels are timed at a context of ``max(128, rows)`` (decode: one row,
+prefill: the chunk), decode attention also at ``LONG_CONTEXT``: its candidates are judged by the
+sum of the two times, which the long context dominates, as it dominates attention's share of a
+long generation.
 """
 
 from __future__ import annotations

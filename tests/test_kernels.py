@@ -70,6 +70,17 @@ def test_every_kernel_against_numpy(compiled, wdtype, tol):
     assert check_every_kernel(module, tol, alternates=frozenset({"attention"})) == KCLASSES
 
 
+def test_every_kernel_of_the_packed_qkv_path(compiled):
+    """tiny-mha's q, k and v (64 columns each) take the packed prefill GEMM, which tiny-gqa4's 32-wide
+    k and v do not: the packed GEMM (every schedule, split-K included), the attention reading q
+    from the packed rows and the k and v cache writes reading their slices, against the reference."""
+    module = load_compiled(compiled("tiny-mha", "f32", "float32", max_context=704, prefill_chunk=64, candidates=True))
+    g = from_json((module.path / "graphs" / "prefill.json").read_text())
+    assert [n.attrs.get("packed") for n in g.by_op("fused_gemm")].count(True) == 2  # one per layer
+    assert all(n.attrs.get("packed_offset") in (64, 128) for n in g.by_op("kv_cache_write"))
+    assert check_every_kernel(module, 1e-5, alternates=frozenset({"gemm"})) == KCLASSES
+
+
 def check_every_kernel(module, tol: float, alternates: frozenset[str] = frozenset()) -> set[str]:
     """Run every kernel of ``module`` on random args (``_cases``) against the reference rule of
     its node; returns the kernel classes covered. For kernel classes in ``alternates``, every
@@ -223,7 +234,7 @@ def test_every_gemm_variant_against_numpy(wdtype):
     # swiglu: N not a multiple of 4 (value stores) in f32; an odd slice count where K allows (q: K % 32)
     cases.append((200, 160, False, True, None) if quant else (130 if wdtype == "float32" else 200, 112, False, True,
                                                               None))
-    cases.append((72, 256, False, True, None))  # split-K 2 and 4 of the SwiGLU GEMM
+    cases.append((72, 256, False, True, None))  # split-K 2, 3, 4 and 8 of the SwiGLU GEMM (16 slices)
     cases.append((512, 128, False, False, (256, 128, 128)))  # packed: tiles of every segment, split-K too
     for n, k, res, swiglu, packed in cases:
         heights = packed or (n,) * (1 + swiglu)

@@ -124,11 +124,13 @@ def test_pass_fuses_prefill_attention_and_shrinks_the_plan(cfg06):
     assert not d.by_op("prefill_attention") and d.by_op("attention_partial")
 
 
-def test_pass_packs_prefill_qkv(cfg06):
-    """Prefill's q, k and v GEMMs become one packed GEMM: the attention reads q from its rows, the
-    k and v cache writes their slices; the three matmuls keep their classification. Off, or where
-    no GEMM tiling's columns divide the k and v widths (32 at the tiny preset), the three stay."""
-    p = lower(trace(cfg06, "prefill"), LowerOptions("float16", 4608, 512))
+@pytest.mark.parametrize("quantize", ["none", "q4"])
+def test_pass_packs_prefill_qkv(cfg06, quantize):
+    """Prefill's q, k and v GEMMs become one packed GEMM (any storage format): the attention reads
+    q from its rows, the k and v cache writes their slices; the three matmuls keep their
+    classification. Off, where no GEMM tiling's columns divide the k and v widths (32 at the tiny
+    preset), or where another node reads a projection, the three stay."""
+    p = lower(trace(cfg06, "prefill"), LowerOptions("float16", 4608, 512, quantize=quantize))
     qkv = p["layers.0.qkv_proj"]
     assert len(p.by_op("fused_gemm")) == 2 * 28  # q | k | v and SwiGLU per layer
     assert qkv.op == "fused_gemm" and qkv.attrs["packed"] and qkv.shape == ("seq", 4096)
@@ -146,6 +148,11 @@ def test_pass_packs_prefill_qkv(cfg06):
     tiny = parse_config(make_config("tiny", "f32"), Path("config.json"))
     assert not [n for n in lower(trace(tiny, "prefill"), LowerOptions("float32", 128, 32)).by_op("fused_gemm")
                 if n.attrs.get("packed")]
+    g = trace(cfg06, "prefill")  # another reader of layer 0's k projection: that layer keeps three GEMMs
+    g.add(Node("probe", "output", ["layers.0.k_proj"], g["layers.0.k_proj"].shape, "float32", {"name": "probe"}))
+    p = lower(g, LowerOptions("float16", 4608, 512))
+    assert "layers.0.qkv_proj" not in {n.name for n in p.nodes()} and p["layers.1.qkv_proj"].attrs["packed"]
+    assert p["layers.0.attention"].inputs[0] == "layers.0.reshape"
 
 
 def test_unfused_paths_kernels_against_numpy(compiled):

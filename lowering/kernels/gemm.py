@@ -24,9 +24,10 @@ loads, see gemv.py for why). These are classic SIMT tilings with vec4 everywhere
   halves of one buffer apart and would add a second barrier. ``stages=1``: one buffer, register
   prefetch, two barriers per slice, but twice the ``bk`` in the same shared memory.
 
-``splits`` (split-K): a 512-row chunk against N = 1024 (every 0.6B GEMM but the MLP's, the 4B's
-k/v) is 32 tiles of 128 x 128, a quarter of an H200's 132 SMs, so such GEMMs ran 64 x 64 tiles at
-4 x 4 per thread (21 TFLOP/s where 128 x 128 at 8 x 8 reaches 33 on a full grid). A split-K tiling
+``splits`` (split-K): a 512-row chunk against N = 1024 (the 0.6B's o and down) is 32 tiles of
+128 x 128, a quarter of an H200's 132 SMs, so such GEMMs ran 64 x 64 tiles at 4 x 4 per thread (21
+TFLOP/s where 128 x 128 at 8 x 8 reaches 33 on a full grid), and the 4B's o and down (N = 2560) are
+80 tiles. A split-K tiling
 runs ``splits`` workgroups per C tile, each over ``K / splits`` (blockIdx.y is (split, column
 tile); the slice counts of the splits differ by at most one where ``splits`` does not divide
 them), in one dispatch: each stores its accumulators as a record in a scratch buffer, fences it
@@ -55,6 +56,14 @@ full ``pm x pn`` accumulator set per weight: twice the accumulators (128 floats 
 tiling would need 48 KiB, over lavapipe's 32 KiB). The W side of a slice's blocks is gate blocks
 then up blocks, split on a warp boundary (``Tiling.fits``), so picking the weight binding is a
 warp-uniform branch like A vs W. Tilings with ``pn = 4`` have no such split and are not offered.
+
+``packed``: prefill's q, k and v projections as one GEMM ``[A Wq^T | A Wk^T | A Wv^T]``
+(``lowering.fuse_prefill_qkv``), three weight params of their own row counts, each a whole number of
+column tiles (``schedules`` offers only the tilings whose ``bn`` divides all three): a workgroup's
+column tile lies in one weight, so its W loads pick the weight by a workgroup-uniform branch on the
+tile's first column and read rows relative to that weight (its own ``WeightRead``: a quantized
+weight's scales sit after its own codes). Everything else is the plain schedule; N = nq + nk + nv
+gives the grid the workgroups of all three GEMMs.
 """
 
 import functools
@@ -101,11 +110,13 @@ class Tiling:
                 f"{f', split-K {self.splits}' if self.splits > 1 else ''})")
 
     def fits(self, k: int, swiglu: bool = False) -> bool:
-        """Whether this tiling's slices divide K (at least two per split: the splits' slice counts
+        """Whether this tiling's slices divide K (with split-K, at least two slices per split: a split
+        of one slice would spend a whole record and merge on 16 values of K; the splits' slice counts
         differ by at most one, ``first_slice``); with ``swiglu``, whether each thread's column quads split
         into matching gate and up halves (an even ``pn / 4``) and the gate | up boundary of the W
         blocks falls on a warp boundary (``bn`` a multiple of 64; module docstring)."""
-        return k % self.bk == 0 and k // self.bk >= 2 * self.splits and (not swiglu or (
+        slices = 2 * self.splits if self.splits > 1 else 1
+        return k % self.bk == 0 and k // self.bk >= slices and (not swiglu or (
             self.pn % 8 == 0 and self.bn % 64 == 0 and self.bn // 8 * self.bk // 4 % 32 == 0))
 
     def tiles(self, n: int, rows: int, swiglu: bool = False) -> int:
@@ -138,7 +149,8 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
     bm, bn, pm, pn, bk, stages, splits = t.bm, t.bn, t.pm, t.pn, t.bk, t.stages, t.splits
     assert pm % 4 == 0 and pn % 4 == 0 and bk % 4 == 0 and stages in (1, 2), t
     assert not (swiglu and residual) and t.fits(k, swiglu) and (splits == 1 or rows > 0), t
-    assert packed is None or (sum(packed) == n and not swiglu and all(s % bn == 0 for s in packed)), (t, packed)
+    assert packed is None or (len(packed) == 3 and sum(packed) == n and not swiglu
+                              and all(s % bn == 0 for s in packed)), (t, packed)
     tm, tn = bm // pm, bn // pn  # threads along M and N
     nt = tm * tn
     bk4, k4, slices = bk // 4, k // 4, k // bk  # K slices in all
@@ -395,9 +407,10 @@ TILINGS = (
     Tiling(128, 128, 8, 8, 16, 2, 2),
     Tiling(128, 128, 8, 8, 16, 2, 4),
     Tiling(128, 64, 8, 8, 16, 2, 2),
-    # 3 and 8: the 4B's o and down (80 tiles at a 512-row chunk) as 240 workgroups, one wave at two
-    # per SM where split-K 4's 320 leave a second wave a fifth full; the 0.6B's N = 1024 GEMMs (32
-    # tiles) as 256
+    # 3 and 8 (slice counts need not divide: ``first_slice``), for the 4B's o and down (80 tiles at a
+    # 512-row chunk): 240 workgroups, one wave at two per SM where split-K 4's 320 leave a second wave
+    # a fifth full, or 640. On the H200 split-K 8 won for both (31.4 / 34.0 TFLOP/s), on the H100
+    # split-K 3 for o (with q4 weights)
     Tiling(128, 128, 8, 8, 16, 2, 3),
     Tiling(128, 128, 8, 8, 16, 2, 8),
 )

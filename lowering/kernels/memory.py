@@ -72,7 +72,8 @@ def _norm_rope_write_func(nkv: int, ctx: int, hd: int, wdtype: str, cdtype: str,
     """K rows: RMSNorm over the head dim, rotate-half RoPE at position past + s, stored into the
     cache (dtype ``cdtype``; computed in f32, rounded once at the store). One workgroup per
     (position, kv head), one thread per element, shared-memory sum.
-    ``packed=(offset, width)``: one decode row read from a packed [1, width] QKV output."""
+    ``packed=(offset, width)``: the rows are read at that offset of a packed [seq, width] q | k | v
+    output (decode's packed GEMV, prefill's packed GEMM)."""
     off, width = packed or (0, nkv * hd)
     threads = 1 << (hd - 1).bit_length()
     half = hd // 2

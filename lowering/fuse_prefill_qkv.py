@@ -62,8 +62,8 @@ def fuse_prefill_qkv(g: Graph, opts: LowerOptions) -> Graph:
         if len({(w.shape[1], w.dtype) for w in ws}) != 1 or not gemm.supports(k) or not gemm.packs(k, packed):
             continue
         q_mm = mms[0]
-        order = {n.name: i for i, n in enumerate(g.nodes())}
-        first = min(mms, key=lambda m: order[m.name])  # every reader of the packed rows comes after it
+        names = {m.name for m in mms}
+        first = next(n for n in g.nodes() if n.name in names)  # every reader of the packed rows comes after it
         name = g.fresh_name(q_mm.name.rsplit(".", 1)[0] + ".qkv_proj")
         qkv = g.insert_before(first, Node(
             name, "fused_gemm", [q_mm.inputs[0], *(w.name for w in ws)],

@@ -31,6 +31,7 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50, rounds:
     from runtime.compiled import TUNING_FILE, load_compiled
     from runtime.device import open_device
     from runtime.kernel import KernelProgram
+    from runtime.profile import cost
 
     (compiled_dir / TUNING_FILE).unlink(missing_ok=True)  # measure every candidate, not a previous choice
     module = load_compiled(compiled_dir)
@@ -54,23 +55,23 @@ def tune(compiled_dir: Path, adapter: str | None = None, reps: int = 50, rounds:
         seq = 1 if phase == "decode" else mf.options.prefill_chunk
         names = [main, *kernels[main].alternates]
         progs = [KernelProgram(dev.device, name, kernels[name], module.wgsl[name]) for name in names]
+        contexts = _contexts(phase, d.bytes, seq, ctx)
         per_context = [_time_candidates(dev, plan, d, names, progs, seq, total, ctx, reps, rounds, not table)
-                       for total in _contexts(phase, d.bytes, seq, ctx)]
-        moved, flops = sum(m[main][1] for m in per_context), sum(m[main][2] for m in per_context)
+                       for total in contexts]
+        moved, flops = (sum(cost(e, seq, total) for total in contexts) for e in (d.bytes, d.flops))
         rows = {}
         for name in names:
             t = sum(m[name][0] for m in per_context)  # the candidate's time over the contexts
             rows[name] = {"rule": kernels[name].rule, "us": t * 1e6, "gb_s": moved / t / 1e9,
-                          "tflop_s": flops / t / 1e12, "spread": max(m[name][3] for m in per_context)}
+                          "tflop_s": flops / t / 1e12, "spread": max(m[name][1] for m in per_context)}
         best = _choose(rows, {name for name, prog in zip(names, progs, strict=True)
                               if any(d.args[b.arg].startswith(SCRATCH_PREFIX) for b in prog.bindings)})
         choices[main] = best
         table[main] = rows
         # a GEMM is compute-bound: its rate against the card's FP32 peak says more than its GB/s
         gemm = kernels[main].kclass in ("gemm", "batched_gemm")
-        at = " + ".join(str(t) for t in _contexts(phase, d.bytes, seq, ctx))
-        print(f"{main} ({d.node}, {moved / 2**20:.1f} MiB{f', {flops / 1e9:.2f} GFLOP' if gemm else ''}"
-              f"{f', sum over contexts {at}' if '+' in at else ''}):")
+        over = f", sum over contexts {' + '.join(map(str, contexts))}" if len(contexts) > 1 else ""
+        print(f"{main} ({d.node}, {moved / 2**20:.1f} MiB{f', {flops / 1e9:.2f} GFLOP' if gemm else ''}{over}):")
         width = max(28, *(len(r["rule"]) for r in rows.values()))
         for name, r in sorted(rows.items(), key=lambda kv: kv[1]["us"]):
             rate = f" {r['tflop_s']:6.2f} TFLOP/s" if gemm else ""
@@ -106,16 +107,12 @@ def _contexts(phase: str, moved, seq: int, ctx: int) -> list[int]:
 
 
 def _time_candidates(dev, plan, d, names: list[str], progs: list, seq: int, total: int, ctx: int, reps: int,
-                     rounds: int, first: bool) -> dict[str, tuple[float, float, float, float]]:
-    """Each candidate's (median seconds, bytes moved, flops, spread) for the dispatch ``d`` at
-    ``seq`` rows over a context of ``total`` (of a module built for ``ctx``), in ``rounds``
-    interleaved rounds."""
+                     rounds: int, first: bool) -> dict[str, tuple[float, float]]:
+    """Each candidate's (median seconds, spread) for the dispatch ``d`` at ``seq`` rows over a
+    context of ``total`` (of a module built for ``ctx``), in ``rounds`` interleaved rounds."""
     from runtime.microbench import ArgBuffers, KernelTimer
-    from runtime.profile import cost
 
-    sizes = plan.arg_bytes(d.args, seq, total, ctx)
-    moved, flops = cost(d.bytes, seq, total), cost(d.flops, seq, total)
-    args = ArgBuffers(dev, progs, sizes)
+    args = ArgBuffers(dev, progs, plan.arg_bytes(d.args, seq, total, ctx))
     timers = [KernelTimer(dev, prog, args, seq, total) for prog in progs]
     timers[0].warm_up(0.5 if first else 0.2)  # pipeline creation left the GPU idle: clocks back up
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -125,7 +122,7 @@ def _time_candidates(dev, plan, d, names: list[str], progs: list, seq: int, tota
     for timer in timers:
         timer.destroy()
     args.destroy()
-    return {name: (statistics.median(v), moved, flops, max(v) / min(v)) for name, v in samples.items()}
+    return {name: (statistics.median(v), max(v) / min(v)) for name, v in samples.items()}
 
 
 SCRATCH_MARGIN = 1.03  # a schedule holding split-K records is chosen only if it beats every other by more than this

@@ -109,15 +109,17 @@ class Tiling:
                 f"{'double-buffered' if self.stages == 2 else 'prefetch'}"
                 f"{f', split-K {self.splits}' if self.splits > 1 else ''})")
 
-    def fits(self, k: int, swiglu: bool = False) -> bool:
+    def fits(self, k: int, swiglu: bool = False, packed: tuple[int, ...] | None = None) -> bool:
         """Whether this tiling's slices divide K (with split-K, at least two slices per split: a split
         of one slice would spend a whole record and merge on 16 values of K; the splits' slice counts
         differ by at most one, ``first_slice``); with ``swiglu``, whether each thread's column quads split
         into matching gate and up halves (an even ``pn / 4``) and the gate | up boundary of the W
-        blocks falls on a warp boundary (``bn`` a multiple of 64; module docstring)."""
+        blocks falls on a warp boundary (``bn`` a multiple of 64; module docstring); with ``packed``,
+        whether every segment is a whole number of column tiles."""
         slices = 2 * self.splits if self.splits > 1 else 1
         return k % self.bk == 0 and k // self.bk >= slices and (not swiglu or (
-            self.pn % 8 == 0 and self.bn % 64 == 0 and self.bn // 8 * self.bk // 4 % 32 == 0))
+            self.pn % 8 == 0 and self.bn % 64 == 0 and self.bn // 8 * self.bk // 4 % 32 == 0)) and (
+            packed is None or all(s % self.bn == 0 for s in packed))
 
     def tiles(self, n: int, rows: int, swiglu: bool = False) -> int:
         """C tiles (workgroups per split: the split-K arrival counters) for up to ``rows`` rows; with
@@ -148,9 +150,8 @@ def outer_gemm_func(n: int, k: int, wdtype: str, residual: bool, t: Tiling,
     branch (prefill q | k | v, ``lowering.fuse_prefill_qkv``)."""
     bm, bn, pm, pn, bk, stages, splits = t.bm, t.bn, t.pm, t.pn, t.bk, t.stages, t.splits
     assert pm % 4 == 0 and pn % 4 == 0 and bk % 4 == 0 and stages in (1, 2), t
-    assert not (swiglu and residual) and t.fits(k, swiglu) and (splits == 1 or rows > 0), t
-    assert packed is None or (len(packed) == 3 and sum(packed) == n and not swiglu
-                              and all(s % bn == 0 for s in packed)), (t, packed)
+    assert not (swiglu and residual) and t.fits(k, swiglu, packed) and (splits == 1 or rows > 0), t
+    assert packed is None or (len(packed) == 3 and sum(packed) == n and not swiglu), (t, packed)
     tm, tn = bm // pm, bn // pn  # threads along M and N
     nt = tm * tn
     bk4, k4, slices = bk // 4, k // 4, k // bk  # K slices in all
@@ -416,15 +417,10 @@ TILINGS = (
 )
 
 
-def _fits(t: Tiling, k: int, swiglu: bool, packed: tuple[int, ...] | None) -> bool:
-    """``Tiling.fits``, and with ``packed`` every segment a whole number of column tiles."""
-    return t.fits(k, swiglu) and (packed is None or all(s % t.bn == 0 for s in packed))
-
-
 def packs(k: int, packed: tuple[int, ...]) -> bool:
     """Whether some tiling computes the packed GEMM of weights with these row counts (each a whole
     number of its column tiles)."""
-    return any(_fits(t, k, False, packed) for t in TILINGS if t.splits == 1)
+    return any(t.fits(k, packed=packed) for t in TILINGS if t.splits == 1)
 
 
 def split_tilings(n: int, k: int, rows: int, swiglu: bool, max_bytes: int,
@@ -433,7 +429,7 @@ def split_tilings(n: int, k: int, rows: int, swiglu: bool, max_bytes: int,
     such weights; ``packed``: of weights with these row counts side by side) over up to ``rows``
     rows, their records within one binding of ``max_bytes``."""
     return [t for t in TILINGS
-            if t.splits > 1 and _fits(t, k, swiglu, packed) and 16 * t.scratch_vec4s(n, rows, swiglu) <= max_bytes]
+            if t.splits > 1 and t.fits(k, swiglu, packed) and 16 * t.scratch_vec4s(n, rows, swiglu) <= max_bytes]
 
 
 def schedules(n: int, k: int, wdtype: str, residual: bool, swiglu: bool = False, rows: int = 0,
@@ -452,4 +448,4 @@ def schedules(n: int, k: int, wdtype: str, residual: bool, swiglu: bool = False,
     args = [f"{SCRATCH_PREFIX}{max(t.scratch_vec4s(n, rows, swiglu) for t in split)}x4",
             f"const:counters:{max(t.tiles(n, rows, swiglu) for t in split)}x1"] if split else []
     return args, [(t.label(swiglu), outer_gemm_func(n, k, wdtype, residual, t, swiglu, rows if split else 0, packed))
-                  for t in TILINGS if _fits(t, k, swiglu, packed) and (t.splits == 1 or t in split)]
+                  for t in TILINGS if t.fits(k, swiglu, packed) and (t.splits == 1 or t in split)]

@@ -73,7 +73,7 @@ def fused_gemm(node: Node, g: Graph, opts: LowerOptions) -> KernelSpec:
     mode = "swiglu" if swiglu else f"packed{list(packed)}"
     return KernelSpec(f"fused_gemm:{mode}:{shape_key(a)}x{shape_key(ws[0])}" + (":splitk" if scratch else ""), "gemm",
                       variants[0][1], [*args, node.name], [len(args)],
-                      flops=f"2*seq*{K * sum(w.shape[0] for w in ws)}",
+                      flops=f"2*{node.shape[0]}*{K * sum(w.shape[0] for w in ws)}",
                       bytes=bytes_expr([a, *ws, node], opts.max_context), variants=variants)
 
 
